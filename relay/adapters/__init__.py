@@ -1,0 +1,17 @@
+"""Provider adapters, one module per upstream dialect. `adapter_for(channel_type)` picks one."""
+
+from __future__ import annotations
+
+from .base import Adapter, StreamHandler
+from .openai import OpenAIAdapter
+
+__all__ = ["Adapter", "StreamHandler", "adapter_for"]
+
+_ADAPTERS: dict[str, Adapter] = {"openai": OpenAIAdapter()}
+
+
+def adapter_for(channel_type: str) -> Adapter:
+    try:
+        return _ADAPTERS[channel_type]
+    except KeyError:
+        raise LookupError(f"channel type {channel_type!r} is not supported yet") from None

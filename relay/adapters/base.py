@@ -1,0 +1,149 @@
+"""What every provider adapter offers, and helpers they share.
+
+An adapter is pure: bytes and dicts in, bytes and dicts out. It never does I/O and never chooses an
+account (the router hands it a Target).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+import orjson
+
+from ..errors import UpstreamFailure
+from ..types import BodyFactory, FormField, RelayRequest, Target, UpstreamRequest, Usage
+
+__all__ = [
+    "Adapter",
+    "StreamHandler",
+    "classify_status",
+    "encode_form",
+    "extract_usage_object",
+    "retry_after_seconds",
+]
+
+
+class StreamHandler(Protocol):
+    """Per-request stream state: upstream bytes in, client bytes out."""
+
+    usage: Usage | None  # set once the upstream reported usage
+    done: bool  # the upstream ended the stream cleanly ([DONE], message_stop, ...)
+    events: int  # events seen, for a completion estimate when the upstream gives no usage
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+class Adapter(Protocol):
+    def build_request(self, req: RelayRequest, target: Target) -> UpstreamRequest: ...
+
+    def parse_response(self, req: RelayRequest, status: int, body: bytes) -> tuple[bytes, Usage | None]: ...
+
+    def stream_handler(self, req: RelayRequest) -> StreamHandler: ...
+
+    def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure: ...
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Retry-After (seconds or an HTTP date) or retry-after-ms, as seconds."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def classify_status(status: int, headers: Mapping[str, str], body: bytes, content_type: str) -> UpstreamFailure:
+    """The provider-independent reading of an upstream error status."""
+    if status == 429:
+        kind = "rate_limited"
+    elif status in (401, 403):
+        kind = "auth"
+    elif status == 408 or status >= 500:
+        kind = "server"
+    else:
+        kind = "client"
+    return UpstreamFailure(
+        f"upstream answered {status}", kind=kind, status=status,
+        retry_after=retry_after_seconds(headers), body=body, content_type=content_type,
+    )
+
+
+def extract_usage_object(body: bytes) -> dict[str, object] | None:
+    """The last `"usage": {...}` object in a JSON document, parsed alone.
+
+    The usage object sits at the end of OpenAI-style responses; parsing only it keeps a large response
+    (embeddings, images) from being parsed whole just to read two numbers.
+    """
+    i = body.rfind(b'"usage"')
+    if i < 0:
+        return None
+    j = i + 7
+    n = len(body)
+    while j < n and body[j] in b" \t\r\n:":
+        j += 1
+    if j >= n or body[j] != 0x7B:  # "{"; null or anything else: no usage
+        return None
+    depth = 0
+    for k in range(j, n):
+        c = body[k]
+        if c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                try:
+                    obj = orjson.loads(body[j : k + 1])
+                except orjson.JSONDecodeError:
+                    return None
+                return obj if isinstance(obj, dict) else None
+    return None
+
+
+def encode_form(fields: tuple[FormField, ...], replace: Mapping[str, str]) -> tuple[str, BodyFactory]:
+    """multipart/form-data from parsed fields; file parts are read back from their spool in 64 KiB pieces."""
+    boundary = "relay-" + secrets.token_hex(12)
+
+    async def body() -> AsyncIterator[bytes]:
+        for f in fields:
+            disp = f'form-data; name="{_quote(f.name)}"'
+            if f.filename is not None:
+                disp += f'; filename="{_quote(f.filename)}"'
+            head = f"--{boundary}\r\nContent-Disposition: {disp}\r\n"
+            if f.content_type:
+                head += f"Content-Type: {f.content_type}\r\n"
+            yield (head + "\r\n").encode()
+            if f.spool is not None:
+                f.spool.seek(0)
+                while piece := f.spool.read(65536):
+                    yield piece
+            elif f.name in replace:
+                yield replace[f.name].encode()
+            else:
+                yield f.value
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    return f"multipart/form-data; boundary={boundary}", body
+
+
+def _quote(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")

@@ -1,0 +1,244 @@
+"""build_app(config) -> web.Application, its lifecycle, and the server loop (uvloop, signals, workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from . import web_api, web_ops
+from .adapters import adapter_for
+from .auth import ConfigKeys, KeyResolver
+from .config import Config, ConfigError
+from .errors import InvalidRequest, NotFound, RelayError, error_response
+from .ledger import Ledger
+from .metrics import Metrics
+from .proxy import Proxy
+from .router import Router
+from .store import Store
+from .upstream import Upstream
+
+__all__ = ["LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
+
+log = logging.getLogger("relay")
+
+ROUTER = web.AppKey("router", Router)
+STORE = web.AppKey("store", Store)
+LEDGER = web.AppKey("ledger", Ledger)
+PROXY = web.AppKey("proxy", Proxy)
+METRICS = web.AppKey("metrics", Metrics)
+
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Beta, X-Stainless-*, *"
+_CORS_EXPOSE = (
+    "x-request-id, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
+    "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, retry-after"
+)
+_OPS_PATHS = ("/metrics", "/healthz", "/status")
+
+
+def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
+    for i, ch in enumerate(cfg.channels):
+        try:
+            adapter_for(ch.type)
+        except LookupError as e:
+            raise ConfigError(f"channels[{i}].type: {e}") from None
+
+    router = Router(cfg.channels, cfg.retry)
+    metrics = Metrics(router.models(), lambda: [(a.channel.name, s) for a, s in router.out_of_rotation()])
+    store = Store(cfg.database)
+    upstream = Upstream(cfg.timeouts)
+    ledger = Ledger(store, cfg.ledger, metrics)
+    proxy = Proxy(cfg, router, upstream, ledger, metrics)
+    ops = web_ops.OpsDeps(metrics, router, store)
+
+    app = web.Application(middlewares=[_errors_middleware], handler_args={"max_field_size": 16384})
+    app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
+    web_api.add_routes(app, web_api.ApiDeps(cfg, keys or ConfigKeys(cfg.client_keys), router, proxy, ledger))
+    web_ops.add_routes(app, ops)
+    app.router.add_route("OPTIONS", "/{tail:.*}", _preflight)
+    app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        await upstream.start()
+        ledger.start()
+        yield
+        await ledger.close()
+        await upstream.close()
+        await store.close()
+
+    async def drain(app: web.Application) -> None:
+        ops.draining = True
+        await proxy.drain(cfg.server.shutdown_grace)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain)
+    return app
+
+
+@web.middleware
+async def _errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request["request_id"] = "req_" + os.urandom(12).hex()
+    try:
+        return await handler(request)
+    except RelayError as e:
+        return error_response(e)
+    except web.HTTPNotFound:
+        return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))
+    except web.HTTPMethodNotAllowed:
+        return error_response(InvalidRequest(f"{request.method} is not allowed on {request.path}.", status=405, code="method_not_allowed"))
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the one place an unexpected error becomes a 500
+        log.error("unhandled %s on %s %s", type(e).__name__, request.method, request.path, exc_info=e)
+        return error_response(RelayError("The relay failed to handle the request."))
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    if request.path.startswith("/admin") or "Origin" not in request.headers:
+        return error_response(InvalidRequest(f"OPTIONS is not allowed on {request.path}.", status=405, code="method_not_allowed"))
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", _CORS_ALLOW_HEADERS),
+            "Access-Control-Max-Age": "86400",
+        },
+    )
+
+
+def _response_headers(origins: tuple[str, ...]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    allow_any = "*" in origins
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        rid = request.get("request_id")
+        if rid:
+            response.headers["x-request-id"] = rid
+        origin = request.headers.get("Origin")
+        if not origin or request.path.startswith("/admin") or request.path in _OPS_PATHS:
+            return
+        if allow_any:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin in origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        else:
+            return
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+
+    return on_prepare
+
+
+# -- serving ------------------------------------------------------------------------------------------------
+
+
+async def start(
+    cfg: Config, host: str | None = None, port: int | None = None, *, reuse_port: bool = False,
+    keys: KeyResolver | None = None,
+) -> tuple[web.AppRunner, str]:
+    """Start serving; returns the runner (await runner.cleanup() to stop) and the base URL."""
+    app = build_app(cfg, keys)
+    # handler_cancellation: a client that goes away cancels its handler, which closes the upstream at once
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, host or cfg.server.host, cfg.server.port if port is None else port,
+        reuse_port=reuse_port or None, backlog=4096,
+    )
+    await site.start()
+    server = site._server  # noqa: SLF001 - the bound port when port 0 was asked for
+    sockets = server.sockets if server is not None else []  # type: ignore[attr-defined]
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, f"http://{host or cfg.server.host}:{bound}"
+
+
+async def _serve(cfg: Config, host: str, port: int, reuse_port: bool) -> None:
+    runner, url = await start(cfg, host, port, reuse_port=reuse_port)
+    models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
+    log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: no new connections; finishing in-flight requests")
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _run_loop(coro: Awaitable[None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def run(cfg: Config, host: str | None = None, port: int | None = None, workers: int = 1) -> int:
+    host = host or cfg.server.host
+    port = cfg.server.port if port is None else port
+    for name in cfg.skipped_channels:
+        log.info("channel %s has no keys set: skipped", name)
+    _check_port(host, port, reuse_port=workers > 1)
+    if workers <= 1:
+        _run_loop(_serve(cfg, host, port, reuse_port=False))
+        return 0
+    return _run_workers(cfg, host, port, workers)
+
+
+def _check_port(host: str, port: int, reuse_port: bool) -> None:
+    """Fail fast, with one line, when the port is taken: before any worker starts."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"server.port: cannot listen on {host}:{port} ({e.strerror})") from None
+
+
+def _run_workers(cfg: Config, host: str, port: int, workers: int) -> int:
+    """N processes on one port (SO_REUSEPORT); the parent forwards SIGTERM/SIGINT and waits."""
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _run_loop(_serve(cfg, host, port, reuse_port=True))
+            except BaseException:  # noqa: BLE001
+                log.exception("worker failed")
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or (os.waitstatus_to_exitcode(code) != 0)
+    return int(status)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

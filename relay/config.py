@@ -1,0 +1,422 @@
+"""config.yaml -> frozen dataclasses.
+
+`${VAR}` and `${VAR:-default}` are replaced from the environment in every string value. Every error names
+the YAML path of the field at fault (`channels[1].base_url: ...`) so the CLI can print one clear line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "CHANNEL_TYPES",
+    "ChannelConfig",
+    "ClientKeyConfig",
+    "Config",
+    "ConfigError",
+    "LedgerConfig",
+    "RetryConfig",
+    "ServerConfig",
+    "TimeoutConfig",
+    "load_config",
+    "parse_config",
+]
+
+CHANNEL_TYPES = ("openai", "azure", "anthropic", "gemini")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A config problem; str(err) is one line that names the YAML path."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 16 * 1024 * 1024  # JSON bodies: room for several base64 images
+    max_upload_bytes: int = 26 * 1024 * 1024  # multipart audio uploads (OpenAI allows 25 MB files)
+    read_timeout: float = 30.0  # a client must send its headers and body within this
+    shutdown_grace: float = 30.0  # in-flight requests get this long to finish on SIGTERM
+    cors_origins: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutConfig:
+    connect: float = 10.0
+    first_byte: float = 60.0  # until the upstream's response headers
+    idle: float = 300.0  # between two chunks of a stream; a stream has no total cap
+    unary: float = 600.0  # total for a non-stream call (the upstream sends headers when done)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    attempts: int = 3
+    deadline: float = 60.0  # no new attempt starts after this many seconds
+    cooldown: float = 10.0  # rest after an upstream 429 without Retry-After
+    max_cooldown: float = 60.0  # cap on an upstream's Retry-After
+    failure_threshold: int = 3  # consecutive 5xx / connect failures before an account rests
+    failure_cooldown: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    flush_interval: float = 0.5
+    batch_size: int = 1000
+    max_pending: int = 100_000  # past this the relay answers 503 instead of accepting unrecorded work
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    name: str
+    type: str
+    base_url: str
+    keys: tuple[str, ...]
+    models: tuple[str, ...]
+    model_map: Mapping[str, str] = field(default_factory=dict)
+    weight: int = 1
+    priority: int = 0
+    rpm: int | None = None
+    tpm: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    api_version: str | None = None
+
+    def upstream_model(self, model: str) -> str:
+        return self.model_map.get(model, model)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeyConfig:
+    name: str
+    key_hash: str  # sha256 hex of the key
+    prefix: str
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    admin_token: str | None = None
+    database: str = "relay.db"
+    channels: tuple[ChannelConfig, ...] = ()
+    client_keys: tuple[ClientKeyConfig, ...] = ()
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    log_level: str = "info"
+    skipped_channels: tuple[str, ...] = ()  # channels left out because their keys are unset
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    # `${VAR}` may stand where YAML gives `{` a meaning (`keys: [${KEY}]`): hide each one behind a plain
+    # token while parsing, then put it back in the string it landed in.
+    found: list[str] = []
+
+    def hide(m: re.Match[str]) -> str:
+        found.append(m.group(0))
+        return f"__relay_var_{len(found) - 1}__"
+
+    try:
+        raw = _restore(yaml.safe_load(_VAR.sub(hide, text)), found)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    cfg = parse_config(raw if raw is not None else {}, os.environ if env is None else env)
+    if cfg.database != ":memory:" and "://" not in cfg.database and not os.path.isabs(cfg.database):
+        # a relative database path is relative to the config file, wherever the relay is started from
+        cfg = replace(cfg, database=str((p.parent / cfg.database).resolve()))
+    return cfg
+
+
+def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
+    root = _Node(_expand(raw, env, ""), "")
+    root.mapping()
+    root.allow(
+        "server", "admin_token", "database", "channels", "client_keys", "prices",
+        "timeouts", "retry", "ledger", "log_level",
+    )
+    server = root.child("server")
+    srv = ServerConfig(
+        host=server.get_str("host", "127.0.0.1"),
+        port=server.get_int("port", 8080, lo=0, hi=65535),
+        max_body_bytes=server.get_int("max_body_bytes", ServerConfig().max_body_bytes, lo=1024),
+        max_upload_bytes=server.get_int("max_upload_bytes", ServerConfig().max_upload_bytes, lo=1024),
+        read_timeout=server.get_float("read_timeout", ServerConfig().read_timeout),
+        shutdown_grace=server.get_float("shutdown_grace", ServerConfig().shutdown_grace, lo=0),
+        cors_origins=tuple(server.get_str_list("cors_origins", ["*"])),
+    )
+    server.allow(*ServerConfig.__slots__)  # type: ignore[attr-defined]
+    t = root.child("timeouts")
+    t.allow(*TimeoutConfig.__slots__)  # type: ignore[attr-defined]
+    timeouts = TimeoutConfig(**{k: t.get_float(k, getattr(TimeoutConfig(), k)) for k in TimeoutConfig.__slots__})  # type: ignore[attr-defined]
+    r = root.child("retry")
+    r.allow(*RetryConfig.__slots__)  # type: ignore[attr-defined]
+    retry = RetryConfig(
+        attempts=r.get_int("attempts", RetryConfig().attempts, lo=1, hi=20),
+        deadline=r.get_float("deadline", RetryConfig().deadline),
+        cooldown=r.get_float("cooldown", RetryConfig().cooldown, lo=0),
+        max_cooldown=r.get_float("max_cooldown", RetryConfig().max_cooldown, lo=0),
+        failure_threshold=r.get_int("failure_threshold", RetryConfig().failure_threshold, lo=1),
+        failure_cooldown=r.get_float("failure_cooldown", RetryConfig().failure_cooldown, lo=0),
+    )
+    lg = root.child("ledger")
+    lg.allow(*LedgerConfig.__slots__)  # type: ignore[attr-defined]
+    ledger = LedgerConfig(
+        flush_interval=lg.get_float("flush_interval", LedgerConfig().flush_interval),
+        batch_size=lg.get_int("batch_size", LedgerConfig().batch_size, lo=1),
+        max_pending=lg.get_int("max_pending", LedgerConfig().max_pending, lo=1),
+    )
+    channels, skipped = _channels(root.child("channels", default=[]))
+    keys = _client_keys(root.child("client_keys", default=[]))
+    prices = _prices(root.child("prices"))
+    log_level = root.get_str("log_level", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level: must be one of debug, info, warning, error")
+    return Config(
+        server=srv,
+        admin_token=root.get_str("admin_token", "") or None,
+        database=root.get_str("database", "relay.db") or "relay.db",
+        channels=channels,
+        client_keys=keys,
+        prices=prices,
+        timeouts=timeouts,
+        retry=retry,
+        ledger=ledger,
+        log_level=log_level,
+        skipped_channels=skipped,
+    )
+
+
+def _channels(node: _Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
+    out: list[ChannelConfig] = []
+    skipped: list[str] = []
+    names: set[str] = set()
+    for c in node.items():
+        c.mapping()
+        c.allow(
+            "name", "type", "base_url", "keys", "models", "model_map", "weight", "priority", "rpm", "tpm",
+            "headers", "api_version", "enabled",
+        )
+        name = c.get_str("name")
+        if not name:
+            raise ConfigError(f"{c.path}.name: required")
+        if name in names:
+            raise ConfigError(f"{c.path}.name: duplicate channel name {name!r}")
+        names.add(name)
+        ctype = c.get_str("type", "openai")
+        if ctype not in CHANNEL_TYPES:
+            raise ConfigError(f"{c.path}.type: must be one of {', '.join(CHANNEL_TYPES)}, not {ctype!r}")
+        base_url = c.get_str("base_url").rstrip("/")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{c.path}.base_url: must be an http:// or https:// URL")
+        models = c.get_str_list("models")
+        if not models:
+            raise ConfigError(f"{c.path}.models: at least one model is required")
+        keys = [k for k in c.get_str_list("keys", []) if k]
+        enabled = c.get_bool("enabled", True)
+        if not keys or not enabled:
+            skipped.append(name)
+            continue
+        mm = c.child("model_map")
+        model_map = {k: mm.child(k).get_scalar_str() for k in mm.keys()}
+        hd = c.child("headers")
+        headers = {k: hd.child(k).get_scalar_str() for k in hd.keys()}
+        out.append(
+            ChannelConfig(
+                name=name,
+                type=ctype,
+                base_url=base_url,
+                keys=tuple(keys),
+                models=tuple(models),
+                model_map=model_map,
+                weight=c.get_int("weight", 1, lo=1, hi=1000),
+                priority=c.get_int("priority", 0),
+                rpm=c.get_opt_int("rpm"),
+                tpm=c.get_opt_int("tpm"),
+                headers=headers,
+                api_version=c.get_str("api_version", "") or None,
+            )
+        )
+    return tuple(out), tuple(skipped)
+
+
+def _client_keys(node: _Node) -> tuple[ClientKeyConfig, ...]:
+    out = []
+    for k in node.items():
+        k.mapping()
+        k.allow("name", "key", "sha256", "models")
+        key = k.get_str("key", "")
+        digest = k.get_str("sha256", "").lower()
+        if key:
+            digest, prefix = hash_key(key), key[:7]
+        elif digest:
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ConfigError(f"{k.path}.sha256: must be 64 hex digits")
+            prefix = "sha256:" + digest[:6]
+        else:
+            continue  # a key whose variable is unset is simply absent
+        out.append(
+            ClientKeyConfig(
+                name=k.get_str("name", prefix), key_hash=digest, prefix=prefix,
+                models=tuple(k.get_str_list("models", [])),
+            )
+        )
+    return tuple(out)
+
+
+def _prices(node: _Node) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for model in node.keys():
+        p = node.child(model)
+        p.mapping()
+        out[model] = {unit: p.get_float(unit, 0.0, lo=0) for unit in p.keys()}
+    return out
+
+
+_HIDDEN = re.compile(r"__relay_var_(\d+)__")
+
+
+def _restore(value: Any, found: list[str]) -> Any:
+    if isinstance(value, str):
+        return _HIDDEN.sub(lambda m: found[int(m.group(1))], value)
+    if isinstance(value, list):
+        return [_restore(v, found) for v in value]
+    if isinstance(value, dict):
+        return {k: _restore(v, found) for k, v in value.items()}
+    return value
+
+
+def _expand(value: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            got = env.get(m.group(1))
+            if got is None or (got == "" and m.group(2) is not None):
+                return m.group(2) or ""
+            return got
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, list):
+        return [_expand(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{path}.{k}") for k, v in value.items()}
+    return value
+
+
+class _Node:
+    """A YAML value and its path, with typed getters that raise ConfigError naming the path."""
+
+    __slots__ = ("value", "path")
+
+    def __init__(self, value: Any, path: str) -> None:
+        self.value = value
+        self.path = path
+
+    def _sub(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def mapping(self) -> dict[str, Any]:
+        if self.value is None:
+            self.value = {}
+        if not isinstance(self.value, dict):
+            raise ConfigError(f"{self.path or 'config'}: must be a mapping")
+        return self.value
+
+    def allow(self, *names: str) -> None:
+        for k in self.mapping():
+            if k not in names:
+                raise ConfigError(f"{self._sub(str(k))}: unknown field")
+
+    def keys(self) -> list[str]:
+        return [str(k) for k in self.mapping()]
+
+    def child(self, key: str, default: Any = None) -> _Node:
+        return _Node(self.mapping().get(key, default), self._sub(key))
+
+    def items(self) -> list[_Node]:
+        if self.value is None:
+            return []
+        if not isinstance(self.value, list):
+            raise ConfigError(f"{self.path}: must be a list")
+        return [_Node(v, f"{self.path}[{i}]") for i, v in enumerate(self.value)]
+
+    def get_scalar_str(self) -> str:
+        if isinstance(self.value, bool) or not isinstance(self.value, (str, int, float)):
+            raise ConfigError(f"{self.path}: must be a string")
+        return str(self.value)
+
+    def get_str(self, key: str, default: str | None = None) -> str:
+        v = self.mapping().get(key)
+        if v is None:
+            if default is None:
+                raise ConfigError(f"{self._sub(key)}: required")
+            return default
+        return self.child(key).get_scalar_str()
+
+    def get_str_list(self, key: str, default: list[str] | None = None) -> list[str]:
+        v = self.mapping().get(key)
+        if v is None:
+            if default is None:
+                raise ConfigError(f"{self._sub(key)}: required")
+            return default
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",")]
+        if not isinstance(v, list):
+            raise ConfigError(f"{self._sub(key)}: must be a list of strings")
+        return [_Node(x, f"{self._sub(key)}[{i}]").get_scalar_str() for i, x in enumerate(v)]
+
+    def _number(self, key: str, kind: type, default: Any, lo: float | None, hi: float | None) -> Any:
+        v = self.mapping().get(key)
+        if v is None or v == "":
+            return default
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            n = kind(v) if kind is float else int(str(v))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self._sub(key)}: must be a{'n integer' if kind is int else ' number'}, not {v!r}") from None
+        if (lo is not None and n < lo) or (hi is not None and n > hi):
+            bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise ConfigError(f"{self._sub(key)}: must be {bounds}, not {v!r}")
+        return n
+
+    def get_int(self, key: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+        return int(self._number(key, int, default, lo, hi))
+
+    def get_opt_int(self, key: str) -> int | None:
+        v = self._number(key, int, None, 1, None)
+        return None if v is None else int(v)
+
+    def get_float(self, key: str, default: float, lo: float | None = 0.001, hi: float | None = None) -> float:
+        return float(self._number(key, float, default, lo, hi))
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        v = self.mapping().get(key)
+        if v is None or v == "":
+            return default
+        if isinstance(v, bool):
+            return v
+        s = str(v).strip().lower()
+        if s in ("true", "yes", "1", "on"):
+            return True
+        if s in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{self._sub(key)}: must be true or false, not {v!r}")

@@ -1,0 +1,163 @@
+"""One error tree, rendered in OpenAI's error shape by one function.
+
+    RelayError                      an answer the relay gives itself: status + OpenAI error body
+     +-- InvalidRequest             400 invalid_request_error
+     +-- Unauthorized               401 invalid_api_key
+     +-- PermissionDenied           403
+     +-- NotFound                   404 model_not_found / not_found
+     +-- PayloadTooLarge            413
+     +-- RateLimited                429 rate_limit_exceeded (+ Retry-After)
+     +-- UpstreamUnavailable        502 / 503 / 504 after every attempt failed
+    UpstreamFailure                 one attempt failed before any byte reached the client (proxy decides)
+
+`UpstreamFailure` never reaches a client as such: the proxy turns the last one into an `UpstreamUnavailable`
+or, for a non-retryable upstream answer, forwards the upstream's own status and body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+
+__all__ = [
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
+    "RelayError",
+    "Unauthorized",
+    "UpstreamFailure",
+    "UpstreamUnavailable",
+    "error_body",
+    "error_response",
+    "stream_error_event",
+]
+
+
+class RelayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+    # None: let the client decide; False: tell the SDK not to retry (x-should-retry: false).
+    should_retry: bool | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.param = param
+        self.headers = dict(headers or {})
+
+
+class InvalidRequest(RelayError):
+    status = 400
+    type = "invalid_request_error"
+    should_retry = False
+
+
+class Unauthorized(RelayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    should_retry = False
+
+
+class PermissionDenied(RelayError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+    should_retry = False
+
+
+class NotFound(RelayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    should_retry = False
+
+
+class PayloadTooLarge(RelayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    should_retry = False
+
+
+class RateLimited(RelayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamUnavailable(RelayError):
+    status = 503
+    type = "server_error"
+    code = "upstream_unavailable"
+
+
+class UpstreamFailure(Exception):
+    """One failed attempt, classified for the router and the proxy.
+
+    kind: connect | timeout | server (5xx, 408, a stream cut before its first byte) | rate_limited (429)
+    | auth (401/403: the account's credential was refused) | client (any other 4xx: the request itself is
+    at fault, so it is not retried and the upstream's answer goes back to the client as it is).
+    """
+
+    RETRYABLE = frozenset({"connect", "timeout", "server", "rate_limited", "auth"})
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kind: str,
+        status: int = 502,
+        retry_after: float | None = None,
+        body: bytes = b"",
+        content_type: str = "application/json",
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+        self.content_type = content_type
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in self.RETRYABLE
+
+
+def error_body(err: RelayError) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    )
+
+
+def error_response(err: RelayError) -> web.Response:
+    headers = dict(err.headers)
+    if err.should_retry is False:
+        headers["x-should-retry"] = "false"
+    return web.Response(
+        status=err.status, body=error_body(err), content_type="application/json", headers=headers
+    )
+
+
+def stream_error_event(message: str, code: str = "upstream_error", type_: str = "server_error") -> bytes:
+    """An SSE event in OpenAI's error shape: the openai SDK raises on it instead of keeping a cut answer."""
+    payload = orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
+    return b"data: " + payload + b"\n\n"

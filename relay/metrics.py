@@ -1,0 +1,91 @@
+"""Prometheus metrics: one registry per app, small observe helpers, bounded labels only.
+
+Labels are drawn from the configuration (model names, channel names) and small fixed sets (status class,
+failure kind). A model the relay does not serve is counted as `other`, so a client cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _RotationCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "relay_accounts_out_of_rotation", "Upstream accounts not taking requests now",
+            labels=["channel", "state"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for channel, state in self._source():
+            counts[(channel, state)] = counts.get((channel, state), 0) + 1
+        for (channel, state), n in counts.items():
+            g.add_metric([channel, state], n)
+        yield g
+
+
+class Metrics:
+    def __init__(self, models: Iterable[str], out_of_rotation: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self.models = frozenset(models)
+        r = self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "relay_requests", "Client requests by model, channel and status class",
+            ["model", "channel", "status"], registry=r,
+        )
+        self._latency = Histogram(
+            "relay_request_duration_seconds", "Time from request to the end of the response",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self._ttft = Histogram(
+            "relay_time_to_first_token_seconds", "Time from request to the first byte of a stream",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.active_streams = Gauge("relay_active_streams", "Streams being relayed now", registry=r)
+        self._upstream_errors = Counter(
+            "relay_upstream_errors", "Failed upstream attempts by channel and reason",
+            ["channel", "reason"], registry=r,
+        )
+        self._tokens = Counter("relay_tokens", "Tokens by model and kind", ["model", "kind"], registry=r)
+        self.ledger_pending = Gauge("relay_ledger_pending_rows", "Usage rows waiting to be written", registry=r)
+        self.ledger_flush = Histogram(
+            "relay_ledger_flush_seconds", "Time to write one batch of usage rows", registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+        )
+        self.ledger_rows = Counter("relay_ledger_rows_written", "Usage rows written", registry=r)
+        self.ledger_rejected = Counter("relay_ledger_rows_rejected", "Usage rows the store refused", registry=r)
+        r.register(_RotationCollector(out_of_rotation))
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def _model(self, model: str) -> str:
+        return model if model in self.models else "other"
+
+    def observe_request(
+        self, model: str, channel: str | None, status: int, seconds: float, ttft: float | None,
+        prompt_tokens: int, completion_tokens: int,
+    ) -> None:
+        m = self._model(model)
+        self._requests.labels(m, channel or "none", f"{status // 100}xx").inc()
+        self._latency.labels(m).observe(seconds)
+        if ttft is not None:
+            self._ttft.labels(m).observe(ttft)
+        if prompt_tokens:
+            self._tokens.labels(m, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self._tokens.labels(m, "completion").inc(completion_tokens)
+
+    def upstream_error(self, channel: str, reason: str) -> None:
+        self._upstream_errors.labels(channel, reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

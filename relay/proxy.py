@@ -1,0 +1,300 @@
+"""The relay pipeline, the one module that knows every step:
+
+    route (channel, account) -> adapter builds the upstream request -> upstream I/O
+        -> passthrough or translated stream -> usage -> ledger -> metrics
+
+Failover happens only before the first byte reaches the client: until then a failed attempt moves on to
+the next account; after it, a failure ends the stream with an error event. Every request, whatever its
+outcome, leaves exactly one ledger row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from .adapters import adapter_for
+from .adapters.base import Adapter, StreamHandler
+from .config import Config
+from .errors import RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
+from .ledger import Ledger
+from .metrics import Metrics
+from .router import Account, Router
+from .types import RelayRequest, Usage, UsageRecord
+from .upstream import READ_ERRORS, Upstream, UpstreamResponse
+from .usage import estimate_usage
+
+__all__ = ["Proxy"]
+
+log = logging.getLogger("relay.proxy")
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    "Connection": "keep-alive",
+}
+
+
+class _Trace:
+    """What one request did; becomes its ledger row."""
+
+    __slots__ = ("status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "stream_events")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.end_reason = "ok"
+        self.channel: str | None = None
+        self.account: int | None = None
+        self.attempts = 0
+        self.usage: Usage | None = None
+        self.ttft: float | None = None
+        self.stream_events = 0
+
+
+class Proxy:
+    def __init__(self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics) -> None:
+        self._retry = cfg.retry
+        self._router = router
+        self._upstream = upstream
+        self._ledger = ledger
+        self._metrics = metrics
+        self._inflight: set[asyncio.Task[object]] = set()
+        self._draining = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """On shutdown: let in-flight requests finish for `grace` seconds, then end the rest.
+
+        A stream still running then gets an error event (the client sees a failure, not a cut answer).
+        """
+        if self._inflight:
+            log.info("draining %d in-flight requests (up to %.0fs)", len(self._inflight), grace)
+            await asyncio.wait(set(self._inflight), timeout=grace)
+        self._draining = True
+        rest = set(self._inflight)
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=5)
+
+    # -- the pipeline -----------------------------------------------------------------------------------
+
+    async def relay(self, request: web.Request, req: RelayRequest) -> web.StreamResponse:
+        trace = _Trace()
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            return await self._attempts(request, req, trace)
+        except RelayError as e:
+            trace.status = e.status
+            trace.end_reason = "upstream_error" if e.status >= 500 else "rejected"
+            raise
+        except asyncio.CancelledError:
+            trace.status = trace.status or 499
+            trace.end_reason = "shutdown" if self._draining else "client_disconnected"
+            raise
+        finally:
+            self._inflight.discard(task)
+            self._record(req, trace)
+
+    async def _attempts(self, request: web.Request, req: RelayRequest, trace: _Trace) -> web.StreamResponse:
+        deadline = req.started + self._retry.deadline
+        tried: set[Account] = set()
+        last: UpstreamFailure | None = None
+        for attempt in range(self._retry.attempts):
+            if attempt and time.monotonic() >= deadline:
+                break
+            account = self._router.pick(req.model, tried)
+            if account is None:
+                break
+            tried.add(account)
+            trace.channel, trace.account, trace.attempts = account.channel.name, account.index, attempt + 1
+            adapter = adapter_for(account.channel.type)
+            try:
+                return await self._attempt(request, req, trace, adapter, account)
+            except UpstreamFailure as f:
+                self._router.failed(account, f)
+                self._metrics.upstream_error(account.channel.name, f.kind)
+                if not f.retryable:
+                    # the request itself is at fault: the client gets the upstream's answer as it is
+                    trace.status, trace.end_reason = f.status, "upstream_rejected"
+                    return web.Response(status=f.status, body=f.body, headers={"Content-Type": f.content_type})
+                log.info("attempt %d on %s failed: %s", attempt + 1, account.label, f.reason)
+                last = f
+        raise self._exhausted(req, last)
+
+    def _exhausted(self, req: RelayRequest, last: UpstreamFailure | None) -> RelayError:
+        if last is None:
+            wait = self._router.retry_after(req.model)
+            if wait is not None:
+                return RateLimited(
+                    f"Every upstream account for model '{req.model}' is rate limited; retry in {wait:.0f}s.",
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
+            return UpstreamUnavailable(f"No upstream account is available for model '{req.model}'.")
+        if last.kind == "timeout":
+            return UpstreamUnavailable("The upstream did not answer in time.", status=504, code="upstream_timeout")
+        if last.kind == "rate_limited":
+            wait = self._router.retry_after(req.model) or last.retry_after or self._retry.cooldown
+            return RateLimited(
+                "The upstream is rate limiting every account for this model; retry later.",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        return UpstreamUnavailable(f"The upstream failed: {last.reason}.", status=502, code="upstream_error")
+
+    async def _attempt(
+        self, request: web.Request, req: RelayRequest, trace: _Trace, adapter: Adapter, account: Account
+    ) -> web.StreamResponse:
+        target = self._router.target(account, req.model)
+        ureq = adapter.build_request(req, target)
+        resp = await self._upstream.open(ureq, stream=req.stream)
+        if resp.status >= 400:
+            body = await self._upstream.read_error(resp)
+            raise adapter.parse_error(resp.status, resp.headers, body)
+        content_type = resp.headers.get("Content-Type", "application/json")
+        if content_type.startswith("text/event-stream"):
+            return await self._stream(request, req, trace, adapter.stream_handler(req), resp, account)
+        if not (content_type.startswith(("application/json", "text/"))):
+            return await self._pipe(request, trace, resp, account, content_type)
+        try:
+            body = await self._upstream.read_body(resp)
+        finally:
+            resp.close()
+        self._router.succeeded(account)
+        out_body, usage = adapter.parse_response(req, resp.status, body)
+        trace.status, trace.usage = resp.status, usage
+        return web.Response(status=resp.status, body=out_body, headers={"Content-Type": content_type})
+
+    async def _stream(
+        self, request: web.Request, req: RelayRequest, trace: _Trace, handler: StreamHandler,
+        resp: UpstreamResponse, account: Account,
+    ) -> web.StreamResponse:
+        chunks = self._upstream.chunks(resp)
+        try:
+            # Hold the client's response until the upstream produced a first whole event: until then a
+            # failure can still move to another account.
+            first = b""
+            try:
+                while not first:
+                    first = handler.feed(await anext(chunks))
+            except StopAsyncIteration:
+                raise UpstreamFailure("stream ended before its first event", kind="server") from None
+            except READ_ERRORS:
+                raise UpstreamFailure("stream failed before its first event", kind="server") from None
+            self._router.succeeded(account)
+            out = web.StreamResponse(status=resp.status, headers=SSE_HEADERS)
+            await out.prepare(request)
+            trace.status = resp.status
+            trace.ttft = time.monotonic() - req.started
+            self._metrics.active_streams.inc()
+            try:
+                await out.write(first)
+                await self._pump(chunks, handler, out, trace)
+            except ConnectionError:
+                trace.end_reason = "client_disconnected"
+            except asyncio.CancelledError:
+                if not self._draining:
+                    raise
+                trace.end_reason = "shutdown"
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                await _try_write(out, stream_error_event("The relay is shutting down.", code="server_shutdown"))
+            finally:
+                self._metrics.active_streams.dec()
+                trace.stream_events = handler.events
+                trace.usage = handler.usage
+            return out
+        finally:
+            resp.close()
+
+    async def _pump(
+        self, chunks: object, handler: StreamHandler, out: web.StreamResponse, trace: _Trace
+    ) -> None:
+        it = chunks.__aiter__()  # type: ignore[attr-defined]
+        while True:
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                break
+            except READ_ERRORS as e:
+                trace.end_reason = "upstream_error"
+                reason = "stalled" if isinstance(e, asyncio.TimeoutError) else "broke off"
+                await out.write(stream_error_event(f"The upstream stream {reason} before it finished."))
+                return
+            data = handler.feed(chunk)
+            if data:
+                await out.write(data)
+        tail = handler.close()
+        if not handler.done:
+            trace.end_reason = "upstream_error"
+            await out.write(stream_error_event("The upstream stream ended before it finished."))
+        elif tail:
+            await out.write(tail)
+
+    async def _pipe(
+        self, request: web.Request, trace: _Trace, resp: UpstreamResponse, account: Account, content_type: str
+    ) -> web.StreamResponse:
+        """Binary bodies (speech audio): streamed through as they arrive."""
+        try:
+            out = web.StreamResponse(status=resp.status, headers={"Content-Type": content_type})
+            if resp.content_length is not None:
+                out.content_length = resp.content_length
+            self._router.succeeded(account)
+            await out.prepare(request)
+            trace.status = resp.status
+            try:
+                async for chunk in self._upstream.chunks(resp):
+                    await out.write(chunk)
+            except ConnectionError:
+                trace.end_reason = "client_disconnected"
+            except READ_ERRORS:
+                trace.end_reason = "upstream_error"
+                request.transport.close() if request.transport else None  # a cut body must look cut
+            return out
+        finally:
+            resp.close()
+
+    # -- accounting ---------------------------------------------------------------------------------------
+
+    def _record(self, req: RelayRequest, trace: _Trace) -> None:
+        now = time.monotonic()
+        latency = now - req.started
+        usage = trace.usage
+        if usage is None:
+            usage = estimate_usage(req, trace.stream_events) if trace.status and trace.status < 400 else Usage()
+        self._ledger.append(
+            UsageRecord(
+                request_id=req.id,
+                ts=time.time() - latency,
+                key_id=req.key.id,
+                model=req.model,
+                endpoint=req.endpoint,
+                channel=trace.channel,
+                account=trace.account,
+                status=trace.status or 500,
+                end_reason=trace.end_reason,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                usage_source=usage.source,
+                latency_ms=round(latency * 1000, 3),
+                ttft_ms=None if trace.ttft is None else round(trace.ttft * 1000, 3),
+                stream=req.stream,
+                attempts=trace.attempts,
+            )
+        )
+        self._metrics.observe_request(
+            req.model, trace.channel, trace.status or 500, latency, trace.ttft,
+            usage.prompt_tokens, usage.completion_tokens,
+        )
+
+
+async def _try_write(out: web.StreamResponse, data: bytes) -> None:
+    try:
+        await out.write(data)
+    except (ConnectionError, RuntimeError):
+        pass

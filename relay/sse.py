@@ -1,0 +1,141 @@
+"""Server-sent events: a boundary splitter for passthrough and an incremental parser for translation.
+
+Both are split-safe: bytes may arrive cut at any offset (inside a field, a CRLF or a UTF-8 sequence).
+Neither rescans what it has already seen; each keeps only the unfinished tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DONE", "EventSplitter", "SSEEvent", "SSEParser", "encode_event", "iter_events"]
+
+DONE = b"[DONE]"
+# 1 MiB: one event larger than this is not a stream we can relay (and would be an unbounded buffer).
+MAX_EVENT_BYTES = 1 << 20
+
+
+class EventTooLarge(ValueError):
+    pass
+
+
+def _last_boundary(buf: bytes) -> int:
+    """Offset just past the last blank line in buf (0 if none)."""
+    lf = buf.rfind(b"\n\n")
+    crlf = buf.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+class EventSplitter:
+    """Cuts a byte stream into runs of whole events, without parsing them.
+
+    `feed` returns the longest prefix that ends on an event boundary and keeps the rest. In the common case
+    (the chunk ends on a boundary and nothing is held) the chunk itself is returned: no copy.
+    """
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._tail:
+            chunk = self._tail + chunk
+        end = _last_boundary(chunk)
+        if end == len(chunk):
+            self._tail = b""
+            return chunk
+        self._tail = chunk[end:]
+        if len(self._tail) > MAX_EVENT_BYTES:
+            raise EventTooLarge("stream event over 1 MiB")
+        return chunk[:end]
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (an unterminated last event)."""
+        tail, self._tail = self._tail, b""
+        return tail
+
+
+def iter_events(block: bytes) -> list[bytes]:
+    """Split a run of whole events into events (each without its terminating blank line)."""
+    if b"\r" in block:
+        block = block.replace(b"\r\n", b"\n")
+    return [e for e in block.split(b"\n\n") if e]
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    event: str = ""  # "" means the default type, "message"
+    data: str = ""
+    id: str | None = None
+
+
+class SSEParser:
+    """Incremental SSE parser (the WHATWG algorithm): feed bytes, get whole events."""
+
+    __slots__ = ("_buf", "_event", "_data", "_id", "_has_data")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+        self._has_data = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[SSEEvent] = []
+        start = 0
+        n = len(buf)
+        while start < n:
+            lf = buf.find(b"\n", start)
+            cr = buf.find(b"\r", start, lf if lf >= 0 else n)
+            if cr >= 0:
+                if cr == n - 1:
+                    break  # a CR at the very end may be the first half of CRLF
+                end, nxt = cr, cr + 2 if buf[cr + 1 : cr + 2] == b"\n" else cr + 1
+            elif lf >= 0:
+                end, nxt = lf, lf + 1
+            else:
+                break
+            ev = self._line(buf[start:end])
+            if ev is not None:
+                out.append(ev)
+            start = nxt
+        self._buf = buf[start:]
+        if len(self._buf) > MAX_EVENT_BYTES:
+            raise EventTooLarge("stream line over 1 MiB")
+        return out
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: an event without its final blank line is dropped, as the spec says."""
+        self._buf = b""
+        return []
+
+    def _line(self, line: bytes) -> SSEEvent | None:
+        if not line:
+            if not self._has_data and not self._event:
+                return None
+            ev = SSEEvent(self._event, "\n".join(self._data), self._id)
+            self._event, self._data, self._has_data = "", [], False
+            return ev
+        if line[:1] == b":":
+            return None
+        name, sep, value = line.partition(b":")
+        if sep and value[:1] == b" ":
+            value = value[1:]
+        text = value.decode("utf-8", "replace")
+        if name == b"data":
+            self._data.append(text)
+            self._has_data = True
+        elif name == b"event":
+            self._event = text
+        elif name == b"id" and "\0" not in text:
+            self._id = text
+        return None
+
+
+def encode_event(data: bytes, event: str | None = None) -> bytes:
+    if event:
+        return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"

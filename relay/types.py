@@ -1,0 +1,122 @@
+"""Typed values that cross module boundaries.
+
+Per-request objects are frozen and slotted: they are created once per request and never mutated, so any
+module may hold them without copying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "BodyFactory",
+    "FormField",
+    "KeyRecord",
+    "RelayRequest",
+    "Target",
+    "UpstreamRequest",
+    "Usage",
+    "UsageRecord",
+]
+
+# A body that streams (multipart uploads): called once per attempt, so failover can replay it.
+BodyFactory = Callable[[], AsyncIterator[bytes]]
+
+Dialect = Literal["openai", "anthropic"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A client key as the request path sees it. Only the hash of the secret is ever held."""
+
+    id: str
+    name: str
+    key_hash: str
+    prefix: str
+    models: tuple[str, ...] = ()  # empty: every model
+
+
+@dataclass(frozen=True, slots=True)
+class FormField:
+    """One part of a multipart upload; a file part is spooled to disk, never held whole in memory."""
+
+    name: str
+    value: bytes = b""
+    filename: str | None = None
+    content_type: str | None = None
+    spool: Any = None  # a tempfile holding a file part's bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRequest:
+    """One client request, parsed once at the edge."""
+
+    id: str
+    endpoint: str  # "chat/completions", "embeddings", ... (no leading slash, no /v1)
+    model: str
+    body: bytes  # the client's body bytes, untouched (b"" for multipart)
+    json: Mapping[str, Any] | None  # the parsed JSON body, when the body is JSON
+    stream: bool
+    wants_usage: bool  # the client itself asked for stream usage (stream_options.include_usage)
+    key: KeyRecord
+    started: float  # time.monotonic() at arrival
+    dialect: Dialect = "openai"
+    form: tuple[FormField, ...] = ()
+    content_type: str = "application/json"
+    query: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one attempt goes: the router's choice of channel and account."""
+
+    channel: str
+    channel_type: str
+    base_url: str
+    account: int  # index of the key within the channel
+    api_key: str
+    upstream_model: str
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | BodyFactory | None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    source: Literal["upstream", "estimate"] = "estimate"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One ledger row. Holds counts and outcomes only, never prompt or completion text."""
+
+    request_id: str
+    ts: float  # unix time at arrival
+    key_id: str
+    model: str
+    endpoint: str
+    channel: str | None
+    account: int | None
+    status: int
+    end_reason: str  # ok | client_disconnected | upstream_error | relay_error | shutdown | rejected
+    prompt_tokens: int
+    completion_tokens: int
+    usage_source: str  # upstream | estimate
+    latency_ms: float
+    ttft_ms: float | None
+    stream: bool
+    attempts: int

@@ -1,0 +1,110 @@
+"""The only user of aiohttp's client: one pooled session, the timeouts, and failure classification.
+
+Timeouts differ by call kind. A unary call has a total deadline. A stream has a first-byte deadline (until
+response headers) and an idle deadline between chunks, never a total one: a long answer may stream for
+many minutes. Errors never carry the upstream URL or key; they name what failed, not where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from .config import TimeoutConfig
+from .errors import UpstreamFailure
+from .types import UpstreamRequest
+
+__all__ = ["READ_ERRORS", "Upstream", "UpstreamResponse"]
+
+UpstreamResponse = aiohttp.ClientResponse
+
+# What reading an upstream body can raise: a reset, a cut chunked body, an idle timeout.
+READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+# 64 KiB: enough for any provider's error document; more is not worth holding.
+MAX_ERROR_BODY = 64 * 1024
+
+
+class Upstream:
+    def __init__(self, timeouts: TimeoutConfig, max_response_bytes: int = 128 * 1024 * 1024) -> None:
+        self._t = timeouts
+        self._max_response = max_response_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._unary = aiohttp.ClientTimeout(total=timeouts.unary, sock_connect=timeouts.connect)
+        # sock_read is the idle deadline between chunks (it also bounds the wait for headers, so the
+        # first-byte deadline in effect is min(first_byte, idle))
+        self._stream = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle)
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=False
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+            headers={"User-Agent": "relay", "Accept-Encoding": "identity"},
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def open(self, ureq: UpstreamRequest, stream: bool) -> UpstreamResponse:
+        """Send the request and wait for the response headers."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        body = ureq.body() if callable(ureq.body) else ureq.body
+        try:
+            if stream:
+                async with asyncio.timeout(self._t.first_byte):
+                    resp = await self._session.request(
+                        ureq.method, ureq.url, headers=ureq.headers, data=body,
+                        timeout=self._stream, allow_redirects=False,
+                    )
+                return resp
+            return await self._session.request(
+                ureq.method, ureq.url, headers=ureq.headers, data=body,
+                timeout=self._unary, allow_redirects=False,
+            )
+        except asyncio.TimeoutError:
+            raise UpstreamFailure("upstream sent no response in time", kind="timeout", status=504) from None
+        except aiohttp.ClientConnectorError:
+            raise UpstreamFailure("could not connect to upstream", kind="connect", status=502) from None
+        except (aiohttp.ClientError, ConnectionError) as e:
+            raise UpstreamFailure(f"upstream connection failed ({type(e).__name__})", kind="connect", status=502) from None
+
+    async def read_body(self, resp: UpstreamResponse) -> bytes:
+        """A whole unary body, bounded."""
+        if resp.content_length is not None and resp.content_length > self._max_response:
+            resp.close()
+            raise UpstreamFailure("upstream response too large", kind="server", status=502)
+        try:
+            if resp.content_length is not None:
+                return await resp.read()
+            parts: list[bytes] = []
+            size = 0
+            async for piece in resp.content.iter_any():
+                size += len(piece)
+                if size > self._max_response:
+                    resp.close()
+                    raise UpstreamFailure("upstream response too large", kind="server", status=502)
+                parts.append(piece)
+            return b"".join(parts)
+        except READ_ERRORS:
+            resp.close()
+            raise UpstreamFailure("upstream response was cut off", kind="server", status=502) from None
+
+    async def read_error(self, resp: UpstreamResponse) -> bytes:
+        try:
+            return await resp.content.read(MAX_ERROR_BODY)
+        except READ_ERRORS:
+            return b""
+        finally:
+            resp.release()
+
+    @staticmethod
+    def chunks(resp: UpstreamResponse) -> AsyncIterator[bytes]:
+        return resp.content.iter_any()
