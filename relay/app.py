@@ -86,7 +86,7 @@ def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
 async def _errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request["request_id"] = "req_" + os.urandom(12).hex()
+    request[web_api.REQUEST_ID] = "req_" + os.urandom(12).hex()
     try:
         return await handler(request)
     except RelayError as e:
@@ -121,7 +121,7 @@ def _response_headers(origins: tuple[str, ...]) -> Callable[[web.Request, web.St
     allow_any = "*" in origins
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        rid = request.get("request_id")
+        rid = request.get(web_api.REQUEST_ID)
         if rid:
             response.headers["x-request-id"] = rid
         origin = request.headers.get("Origin")

@@ -7,19 +7,14 @@ store implements too.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from .config import ClientKeyConfig
+from .config import ClientKeyConfig, hash_key
 from .errors import Unauthorized
 from .types import KeyRecord
 
-__all__ = ["ConfigKeys", "KeyResolver", "extract_key", "hash_key"]
-
-
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+__all__ = ["ConfigKeys", "KeyResolver", "authenticate", "extract_key"]
 
 
 class KeyResolver(Protocol):

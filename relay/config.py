@@ -267,7 +267,8 @@ def _client_keys(node: _Node) -> tuple[ClientKeyConfig, ...]:
         key = k.get_str("key", "")
         digest = k.get_str("sha256", "").lower()
         if key:
-            digest, prefix = hash_key(key), key[:7]
+            digest = hash_key(key)
+            prefix = key[:7] if len(key) >= 24 else key[:3]  # a short key must not be shown whole
         elif digest:
             if not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise ConfigError(f"{k.path}.sha256: must be 64 hex digits")

@@ -19,8 +19,10 @@ __all__ = ["Availability", "Store"]
 log = logging.getLogger("relay.store")
 
 _COLUMNS = [f.name for f in fields(UsageRecord)]
+# A request id already written is skipped (a retried batch); any other constraint failure is an error.
 _INSERT = (
-    f"INSERT OR IGNORE INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+    f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    "ON CONFLICT (request_id) DO NOTHING"
 )
 
 _SCHEMA = """

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .auth import KeyResolver, authenticate
 from .config import Config
@@ -24,7 +24,7 @@ from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
 
-__all__ = ["ApiDeps", "add_routes", "key_allows"]
+__all__ = ["REQUEST_ID", "ApiDeps", "add_routes", "key_allows"]
 
 # Endpoints relayed with a JSON body, and those taking a multipart upload.
 JSON_ENDPOINTS = (
@@ -34,6 +34,8 @@ FORM_ENDPOINTS = ("audio/transcriptions", "audio/translations")
 _MAX_FORM_FIELD = 64 * 1024  # a non-file multipart field (model, prompt, language...)
 _SPOOL_IN_MEMORY = 1024 * 1024  # an upload is kept in memory up to this, then on disk
 _MODELS_CREATED = int(time.time())
+# Set on every request by the app's middleware (a typed key: aiohttp warns on plain string keys).
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 class ApiDeps:
@@ -96,7 +98,7 @@ def _relay_handler(deps: ApiDeps, endpoint: str) -> Handler:
             if not key_allows(key, model):
                 raise PermissionDenied(f"This key is not allowed to use the model '{model}'.", code="model_not_allowed")
             req = RelayRequest(
-                id=request["request_id"], endpoint=endpoint, model=model, body=body, json=data,
+                id=request[REQUEST_ID], endpoint=endpoint, model=model, body=body, json=data,
                 stream=stream, wants_usage=wants_usage, key=key, started=started, form=form,
                 content_type=request.content_type, query=request.query_string,
             )
@@ -223,7 +225,7 @@ async def _read_form(request: web.Request, limit: int, timeout: float) -> tuple[
         async with asyncio.timeout(timeout):
             reader = await request.multipart()
             while (part := await reader.next()) is not None:
-                if not isinstance(part, web.BodyPartReader) or not part.name:
+                if not isinstance(part, BodyPartReader) or not part.name:
                     raise InvalidRequest("Nested or unnamed multipart parts are not supported.")
                 if part.filename is None:
                     value = await part.read(decode=False)

@@ -1,0 +1,90 @@
+"""config.yaml: environment substitution, defaults, and errors that name the YAML path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import ConfigError, load_config, parse_config
+
+BASE = """
+server: {host: 127.0.0.1, port: ${PORT:-8080}}
+database: data/relay.db
+client_keys:
+  - {name: a, key: sk-abc}
+  - {name: unset, key: "${NOT_SET_KEY}"}
+channels:
+  - name: main
+    type: openai
+    base_url: https://api.example.com/v1/
+    keys: [${K1}, ${K2}]
+    models: [gpt-4o]
+    model_map: {gpt-4o: gpt-4o-2024-08-06}
+    weight: 2
+    priority: 1
+  - name: spare
+    base_url: https://x.example/v1
+    keys: [${MISSING_KEY}]
+    models: [m]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_contract_example_loads_with_env(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), env={"K1": "sk-one", "K2": "", "PORT": "9000"})
+    assert cfg.server.port == 9000
+    assert cfg.database == str(tmp_path / "data" / "relay.db")
+    (ch,) = cfg.channels
+    assert ch.keys == ("sk-one",) and ch.base_url == "https://api.example.com/v1"
+    assert ch.upstream_model("gpt-4o") == "gpt-4o-2024-08-06" and (ch.weight, ch.priority) == (2, 1)
+    assert cfg.skipped_channels == ("spare",)
+    assert [k.name for k in cfg.client_keys] == ["a"]
+    assert "sk-abc" not in repr(cfg.client_keys)
+
+
+def test_default_substitution(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), env={"K1": "x"})
+    assert cfg.server.port == 8080
+
+
+def test_shipped_config_loads_without_any_provider_key() -> None:
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "config.yaml", env={})
+    assert [c.name for c in cfg.channels] == ["demo"]
+    assert "demo" in cfg.channels[0].models
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ({"channels": [{"name": "a", "type": "foo", "base_url": "http://x", "keys": ["k"], "models": ["m"]}]}, "channels[0].type"),
+        ({"channels": [{"name": "a", "base_url": "ftp://x", "keys": ["k"], "models": ["m"]}]}, "channels[0].base_url"),
+        ({"channels": [{"name": "a", "base_url": "http://x", "keys": ["k"], "models": []}]}, "channels[0].models"),
+        ({"channels": [{"name": "a", "base_url": "http://x", "keys": ["k"], "models": ["m"], "weight": "two"}]}, "channels[0].weight"),
+        ({"channels": [{"base_url": "http://x", "keys": ["k"], "models": ["m"]}]}, "channels[0].name"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"server": {"prot": 1}}, "server.prot"),
+        ({"timeouts": {"idle": "soon"}}, "timeouts.idle"),
+        ({"channels": {"a": 1}}, "channels"),
+        ({"client_keys": [{"name": "x", "sha256": "abc"}]}, "client_keys[0].sha256"),
+        ({"log_level": "loud"}, "log_level"),
+    ],
+)
+def test_errors_name_the_yaml_path(raw: dict[str, object], path: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, {})
+    assert str(e.value).startswith(path + ":")
+    assert "\n" not in str(e.value)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path, "server: [1,"), env={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml", env={})
