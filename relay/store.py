@@ -7,6 +7,7 @@ operations pages are its only callers.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 
@@ -98,13 +99,13 @@ class Store:
             await db.executemany(_INSERT, values)
             await db.commit()
             return 0
-        except (aiosqlite.IntegrityError, aiosqlite.InterfaceError, ValueError, TypeError, OverflowError):
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError, OverflowError):
             await db.rollback()
         refused = 0
         for v in values:
             try:
                 await db.execute(_INSERT, v)
-            except (aiosqlite.IntegrityError, aiosqlite.InterfaceError, ValueError, TypeError, OverflowError) as e:
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError, OverflowError) as e:
                 refused += 1
                 log.error("usage row %s refused by the store: %s", v[0], type(e).__name__)
         await db.commit()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import replace
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from relay.config import LedgerConfig
 from relay.ledger import Ledger
@@ -31,8 +34,18 @@ def metrics() -> Metrics:
     return Metrics([], list)
 
 
-async def test_rows_are_written_in_batches_and_flushed_on_close(tmp_path: Path) -> None:
+@pytest.fixture
+async def stores() -> AsyncIterator[list[Store]]:
+    """Stores a test opens; closed even when the test fails (an open aiosqlite thread blocks exit)."""
+    opened: list[Store] = []
+    yield opened
+    for s in opened:
+        await s.close()
+
+
+async def test_rows_are_written_in_batches_and_flushed_on_close(tmp_path: Path, stores: list[Store]) -> None:
     store = Store(str(tmp_path / "l.db"))
+    stores.append(store)
     await store.open()
     ledger = Ledger(store, LedgerConfig(flush_interval=60, batch_size=10), metrics())
     ledger.start()
@@ -43,8 +56,9 @@ async def test_rows_are_written_in_batches_and_flushed_on_close(tmp_path: Path) 
     assert [r[0] for r in rows_in(tmp_path / "l.db")] == [f"req_{i}" for i in range(25)]
 
 
-async def test_a_bad_row_does_not_drop_its_batch(tmp_path: Path) -> None:
+async def test_a_bad_row_does_not_drop_its_batch(tmp_path: Path, stores: list[Store]) -> None:
     store = Store(str(tmp_path / "l.db"))
+    stores.append(store)
     await store.open()
     m = metrics()
     ledger = Ledger(store, LedgerConfig(batch_size=100), m)
@@ -68,8 +82,9 @@ class FailingStore(Store):
         return await super().write_usage(rows)
 
 
-async def test_a_failing_store_keeps_rows_in_order_until_it_recovers(tmp_path: Path) -> None:
+async def test_a_failing_store_keeps_rows_in_order_until_it_recovers(tmp_path: Path, stores: list[Store]) -> None:
     store = FailingStore(str(tmp_path / "l.db"))
+    stores.append(store)
     await store.open()
     ledger = Ledger(store, LedgerConfig(batch_size=2, max_pending=3), metrics())
     for i in range(3):
@@ -82,8 +97,9 @@ async def test_a_failing_store_keeps_rows_in_order_until_it_recovers(tmp_path: P
     assert [r[0] for r in rows_in(tmp_path / "l.db")] == ["req_0", "req_1", "req_2"]
 
 
-async def test_the_same_request_is_never_written_twice(tmp_path: Path) -> None:
+async def test_the_same_request_is_never_written_twice(tmp_path: Path, stores: list[Store]) -> None:
     store = Store(str(tmp_path / "l.db"))
+    stores.append(store)
     await store.open()
     assert await store.write_usage([row(1), row(2)]) == 0
     await store.write_usage([row(1)])
