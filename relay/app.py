@@ -61,7 +61,6 @@ def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
     web_api.add_routes(app, web_api.ApiDeps(cfg, keys or ConfigKeys(cfg.client_keys), router, proxy, ledger))
     web_ops.add_routes(app, ops)
-    app.router.add_route("OPTIONS", "/{tail:.*}", _preflight)
     app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -149,7 +148,12 @@ async def start(
     """Start serving; returns the runner (await runner.cleanup() to stop) and the base URL."""
     app = build_app(cfg, keys)
     # handler_cancellation: a client that goes away cancels its handler, which closes the upstream at once
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    # keepalive_timeout also runs from the moment a connection opens: a client that has not sent a whole
+    # request (headers included) by then is disconnected, so slow senders cannot hold connections.
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0,
+        keepalive_timeout=cfg.server.read_timeout,
+    )
     await runner.setup()
     site = web.TCPSite(
         runner, host or cfg.server.host, cfg.server.port if port is None else port,
