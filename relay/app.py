@@ -57,7 +57,10 @@ def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
     proxy = Proxy(cfg, router, upstream, ledger, metrics)
     ops = web_ops.OpsDeps(metrics, router, store)
 
-    app = web.Application(middlewares=[_errors_middleware], handler_args={"max_field_size": 16384})
+    app = web.Application(
+        middlewares=[_errors_middleware], client_max_size=cfg.server.max_body_bytes,
+        handler_args={"max_field_size": 16384},
+    )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
     web_api.add_routes(app, web_api.ApiDeps(cfg, keys or ConfigKeys(cfg.client_keys), router, proxy, ledger))
     web_ops.add_routes(app, ops)

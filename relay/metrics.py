@@ -7,6 +7,7 @@ failure kind). A model the relay does not serve is counted as `other`, so a clie
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -65,24 +66,37 @@ class Metrics:
         self.ledger_rows = Counter("relay_ledger_rows_written", "Usage rows written", registry=r)
         self.ledger_rejected = Counter("relay_ledger_rows_rejected", "Usage rows the store refused", registry=r)
         r.register(_RotationCollector(out_of_rotation))
-        self._children: dict[tuple[str, ...], object] = {}
-
-    def _model(self, model: str) -> str:
-        return model if model in self.models else "other"
+        # (model, channel, status class) -> bound children; bounded like the labels themselves
+        self._children: dict[tuple[str, str | None, int], tuple[Any, ...]] = {}
 
     def observe_request(
         self, model: str, channel: str | None, status: int, seconds: float, ttft: float | None,
         prompt_tokens: int, completion_tokens: int,
     ) -> None:
-        m = self._model(model)
-        self._requests.labels(m, channel or "none", f"{status // 100}xx").inc()
-        self._latency.labels(m).observe(seconds)
+        key = (model if model in self.models else "other", channel, status // 100)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._bind(*key)
+        requests, latency, ttft_hist, prompt, completion = children
+        requests.inc()
+        latency.observe(seconds)
         if ttft is not None:
-            self._ttft.labels(m).observe(ttft)
+            ttft_hist.observe(ttft)
         if prompt_tokens:
-            self._tokens.labels(m, "prompt").inc(prompt_tokens)
+            prompt.inc(prompt_tokens)
         if completion_tokens:
-            self._tokens.labels(m, "completion").inc(completion_tokens)
+            completion.inc(completion_tokens)
+
+    def _bind(self, model: str, channel: str | None, status_class: int) -> tuple[Any, ...]:
+        """Label lookups done once per label set, not per request."""
+        m = model
+        return (
+            self._requests.labels(m, channel or "none", f"{status_class}xx"),
+            self._latency.labels(m),
+            self._ttft.labels(m),
+            self._tokens.labels(m, "prompt"),
+            self._tokens.labels(m, "completion"),
+        )
 
     def upstream_error(self, channel: str, reason: str) -> None:
         self._upstream_errors.labels(channel, reason).inc()

@@ -23,7 +23,7 @@ from .errors import RateLimited, RelayError, UpstreamFailure, UpstreamUnavailabl
 from .ledger import Ledger
 from .metrics import Metrics
 from .router import Account, Router
-from .types import RelayRequest, Usage, UsageRecord
+from .types import KeyRecord, RelayRequest, Usage, UsageRecord
 from .upstream import READ_ERRORS, Upstream, UpstreamResponse
 from .usage import estimate_usage
 
@@ -260,6 +260,18 @@ class Proxy:
             resp.close()
 
     # -- accounting ---------------------------------------------------------------------------------------
+
+    def record_rejected(
+        self, request_id: str, key_id: str, endpoint: str, model: str, status: int, started: float
+    ) -> None:
+        """A request of a known key refused before it was relayed (bad body, unknown model...)."""
+        req = RelayRequest(
+            id=request_id, endpoint=endpoint, model=model, body=b"", json=None, stream=False,
+            wants_usage=False, key=KeyRecord(key_id, "", "", ""), started=started,
+        )
+        trace = _Trace()
+        trace.status, trace.end_reason = status, "rejected"
+        self._record(req, trace)
 
     def _record(self, req: RelayRequest, trace: _Trace) -> None:
         now = time.monotonic()

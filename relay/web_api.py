@@ -78,6 +78,8 @@ def _relay_handler(deps: ApiDeps, endpoint: str) -> Handler:
         if deps.ledger.full:
             raise UpstreamUnavailable("The relay is overloaded; retry shortly.", code="relay_overloaded")
         form: tuple[FormField, ...] = ()
+        model = ""
+        relayed = False
         try:
             if is_form and request.content_type == "multipart/form-data":
                 form = await _read_form(request, deps.cfg.server.max_upload_bytes, deps.cfg.server.read_timeout)
@@ -102,7 +104,12 @@ def _relay_handler(deps: ApiDeps, endpoint: str) -> Handler:
                 stream=stream, wants_usage=wants_usage, key=key, started=started, form=form,
                 content_type=request.content_type, query=request.query_string,
             )
+            relayed = True
             return await deps.proxy.relay(request, req)
+        except RelayError as e:
+            if not relayed:
+                deps.proxy.record_rejected(request["request_id"], key.id, endpoint, model, e.status, started)
+            raise
         finally:
             for f in form:
                 if f.spool is not None:
@@ -144,6 +151,8 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {limit} bytes.")
+    if length is not None and request.content.is_eof():
+        return await request.read()  # already all here (the usual small request): no deadline to arm
     parts: list[bytes] = []
     size = 0
     try:

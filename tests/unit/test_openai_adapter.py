@@ -94,6 +94,16 @@ def test_extract_usage_object_reads_only_the_usage() -> None:
     assert extract_usage_object(b'{"x":1}') is None
 
 
+def test_extract_usage_object_from_a_large_body_reads_only_the_usage() -> None:
+    vectors = [{"embedding": [0.125] * 2000, "index": i} for i in range(40)]
+    usage = {"prompt_tokens": 9, "total_tokens": 9, "details": {"cached": {"n": 0}}}
+    body = orjson.dumps({"data": vectors, "usage": usage, "model": "m"})
+    assert len(body) > 256 * 1024
+    assert extract_usage_object(body) == usage
+    assert extract_usage_object(body.replace(b'"usage":{', b'"usage": {')) == usage
+    assert extract_usage_object(body[: body.rfind(b"}", 0, len(body) - 20)]) is None
+
+
 def test_retry_after_forms() -> None:
     assert retry_after_seconds({"retry-after": "7"}) == 7
     assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
