@@ -23,6 +23,7 @@ from .errors import RateLimited, RelayError, UpstreamFailure, UpstreamUnavailabl
 from .ledger import Ledger
 from .metrics import Metrics
 from .router import Account, Router
+from .sse import EventTooLarge
 from .types import KeyRecord, RelayRequest, Usage, UsageRecord
 from .upstream import READ_ERRORS, Upstream, UpstreamResponse
 from .usage import estimate_usage
@@ -185,7 +186,7 @@ class Proxy:
                     first = handler.feed(await anext(chunks))
             except StopAsyncIteration:
                 raise UpstreamFailure("stream ended before its first event", kind="server") from None
-            except READ_ERRORS:
+            except (*READ_ERRORS, EventTooLarge):
                 raise UpstreamFailure("stream failed before its first event", kind="server") from None
             self._router.succeeded(account)
             out = web.StreamResponse(status=resp.status, headers=SSE_HEADERS)
@@ -226,7 +227,12 @@ class Proxy:
                 reason = "stalled" if isinstance(e, asyncio.TimeoutError) else "broke off"
                 await out.write(stream_error_event(f"The upstream stream {reason} before it finished."))
                 return
-            data = handler.feed(chunk)
+            try:
+                data = handler.feed(chunk)
+            except EventTooLarge:
+                trace.end_reason = "upstream_error"
+                await out.write(stream_error_event("The upstream sent an event over 1 MiB."))
+                return
             if data:
                 await out.write(data)
         tail = handler.close()
@@ -254,7 +260,8 @@ class Proxy:
                 trace.end_reason = "client_disconnected"
             except READ_ERRORS:
                 trace.end_reason = "upstream_error"
-                request.transport.close() if request.transport else None  # a cut body must look cut
+                if request.transport is not None:
+                    request.transport.close()  # a cut body must look cut to the client, not complete
             return out
         finally:
             resp.close()
