@@ -4,8 +4,8 @@
         -> passthrough or translated stream -> usage -> ledger -> metrics
 
 Failover happens only before the first byte reaches the client: until then a failed attempt moves on to
-the next account; after it, a failure ends the stream with an error event. Every request, whatever its
-outcome, leaves exactly one ledger row.
+the next account; after it, a failure ends the stream with an error event. Every request of a known key,
+whatever its outcome, leaves exactly one ledger row (a refused one through `record_rejected`).
 """
 
 from __future__ import annotations
@@ -178,12 +178,12 @@ class Proxy:
     ) -> web.StreamResponse:
         chunks = self._upstream.chunks(resp)
         try:
-            # Hold the client's response until the upstream produced a first whole event: until then a
-            # failure can still move to another account.
+            # Hold the client's response until the upstream produced real output (not just the role
+            # preamble): until then a failure can still move to another account.
             first = b""
             try:
-                while not first:
-                    first = handler.feed(await anext(chunks))
+                while not (first and handler.committed):
+                    first += handler.feed(await anext(chunks))
             except StopAsyncIteration:
                 raise UpstreamFailure("stream ended before its first event", kind="server") from None
             except (*READ_ERRORS, EventTooLarge):

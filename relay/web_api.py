@@ -108,7 +108,7 @@ def _relay_handler(deps: ApiDeps, endpoint: str) -> Handler:
             return await deps.proxy.relay(request, req)
         except RelayError as e:
             if not relayed:
-                deps.proxy.record_rejected(request["request_id"], key.id, endpoint, model, e.status, started)
+                deps.proxy.record_rejected(request[REQUEST_ID], key.id, endpoint, model, e.status, started)
             raise
         finally:
             for f in form:
