@@ -89,6 +89,8 @@ async def _errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     request[web_api.REQUEST_ID] = "req_" + os.urandom(12).hex()
+    if request.method == "OPTIONS":  # CORS preflight: answered here, for every path, without a key
+        return await _preflight(request)
     try:
         return await handler(request)
     except RelayError as e:
