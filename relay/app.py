@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import logging
 import os
 import signal
@@ -58,7 +60,7 @@ def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
     ops = web_ops.OpsDeps(metrics, router, store)
 
     app = web.Application(
-        middlewares=[_errors_middleware], client_max_size=cfg.server.max_body_bytes,
+        middlewares=[_errors_middleware()], client_max_size=cfg.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
@@ -84,28 +86,37 @@ def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
     return app
 
 
-@web.middleware
-async def _errors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    request[web_api.REQUEST_ID] = "req_" + os.urandom(12).hex()
-    if request.method == "OPTIONS":  # CORS preflight: answered here, for every path, without a key
-        return await _preflight(request)
-    try:
-        return await handler(request)
-    except RelayError as e:
-        return error_response(e)
-    except web.HTTPNotFound:
-        return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))
-    except web.HTTPMethodNotAllowed:
-        return error_response(InvalidRequest(f"{request.method} is not allowed on {request.path}.", status=405, code="method_not_allowed"))
-    except web.HTTPException:
-        raise
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the one place an unexpected error becomes a 500
-        log.error("unhandled %s on %s %s", type(e).__name__, request.method, request.path, exc_info=e)
-        return error_response(RelayError("The relay failed to handle the request."))
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _errors_middleware() -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    # Request ids: a random prefix per process and a counter, so ids are unique across workers and
+    # restarts and grow in order (cheap to index, no system call per request).
+    prefix = "req_" + os.urandom(6).hex()
+    counter = itertools.count()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[web_api.REQUEST_ID] = f"{prefix}{next(counter):012x}"
+        if request.method == "OPTIONS":  # CORS preflight: answered here, for every path, without a key
+            return await _preflight(request)
+        try:
+            return await handler(request)
+        except RelayError as e:
+            return error_response(e)
+        except web.HTTPNotFound:
+            return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))
+        except web.HTTPMethodNotAllowed:
+            return error_response(
+                InvalidRequest(f"{request.method} is not allowed on {request.path}.", status=405, code="method_not_allowed")
+            )
+        except (web.HTTPException, asyncio.CancelledError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the one place an unexpected error becomes a 500
+            log.error("unhandled %s on %s %s", type(e).__name__, request.method, request.path, exc_info=e)
+            return error_response(RelayError("The relay failed to handle the request."))
+
+    return middleware
 
 
 async def _preflight(request: web.Request) -> web.Response:
@@ -175,6 +186,7 @@ async def _serve(cfg: Config, host: str, port: int, reuse_port: bool) -> None:
     runner, url = await start(cfg, host, port, reuse_port=reuse_port)
     models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
     log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)
+    gc.freeze()  # what startup built lives for the whole run: keep it out of every collection
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -178,12 +178,13 @@ class Proxy:
     ) -> web.StreamResponse:
         chunks = self._upstream.chunks(resp)
         try:
-            # Hold the client's response until the upstream produced real output (not just the role
-            # preamble): until then a failure can still move to another account.
+            # Hold the client's response until the upstream produced a first whole event: until then a
+            # failure can still move to another account. (Not longer: a reasoning model may send its role
+            # preamble and then think for minutes, and a client waiting for headers would give up.)
             first = b""
             try:
-                while not (first and handler.committed):
-                    first += handler.feed(await anext(chunks))
+                while not first:
+                    first = handler.feed(await anext(chunks))
             except StopAsyncIteration:
                 raise UpstreamFailure("stream ended before its first event", kind="server") from None
             except (*READ_ERRORS, EventTooLarge):

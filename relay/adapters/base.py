@@ -36,7 +36,6 @@ class StreamHandler(Protocol):
     usage: Usage | None  # set once the upstream reported usage
     done: bool  # the upstream ended the stream cleanly ([DONE], message_stop, ...)
     events: int  # events seen, for a completion estimate when the upstream gives no usage
-    committed: bool  # output worth sending was seen (until then the proxy may still fail over)
 
     def feed(self, chunk: bytes) -> bytes: ...
 

@@ -17,7 +17,7 @@ from ..sse import EventSplitter, iter_events
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
 from .base import classify_status, encode_form, extract_usage_object
 
-__all__ = ["OpenAIAdapter", "OpenAIPassthrough", "has_output", "usage_from_openai"]
+__all__ = ["OpenAIAdapter", "OpenAIPassthrough", "usage_from_openai"]
 
 # Endpoints whose streams carry usage only when asked through stream_options.
 _STREAM_USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
@@ -46,39 +46,15 @@ def _has_usage_object(block: bytes) -> bool:
     return False
 
 
-# Strings that can open a value the client sees as output; the role-only preamble has none of them.
-_OUTPUT_STRINGS = (b'"content":"', b'"content": "', b'"text":"', b'"text": "', b'"reasoning_content":"',
-                   b'"reasoning_content": "', b'"arguments":"', b'"arguments": "')
-_OUTPUT_MARKS = (b'"tool_calls"', b'"finish_reason":"', b'"finish_reason": "', b"[DONE]", b'"error"')
-
-
-def has_output(block: bytes) -> bool:
-    """True when block holds more than a preamble: some text, a tool call, a finish, an error or [DONE]."""
-    for mark in _OUTPUT_MARKS:
-        if mark in block:
-            return True
-    for opener in _OUTPUT_STRINGS:
-        i = block.find(opener)
-        while i >= 0:
-            end = i + len(opener)
-            if block[end : end + 1] != b'"':
-                return True
-            i = block.find(opener, end)
-    return False
-
-
 class OpenAIPassthrough:
     """The zero-copy stream path: whole events go out as they came in."""
 
-    __slots__ = ("usage", "done", "events", "committed", "_split", "_keep_usage_chunk")
+    __slots__ = ("usage", "done", "events", "_split", "_keep_usage_chunk")
 
     def __init__(self, keep_usage_chunk: bool) -> None:
         self.usage: Usage | None = None
         self.done = False
         self.events = 0
-        # False while only a preamble (the role chunk) was seen: the proxy holds it back, so an upstream
-        # that breaks off right after it can still be replaced by another account.
-        self.committed = False
         self._split = EventSplitter()
         self._keep_usage_chunk = keep_usage_chunk
 
@@ -86,8 +62,6 @@ class OpenAIPassthrough:
         block = self._split.feed(chunk)
         if not block:
             return block
-        if not self.committed:
-            self.committed = has_output(block)
         self.events += block.count(b"data:")
         if b'"usage"' in block and _has_usage_object(block):
             block = self._take_usage(block)

@@ -361,14 +361,17 @@ async def test_stream_ending_before_its_first_event_fails_over(relay, upstream, 
 
 
 @pytest.mark.parametrize("clean", [False, True], ids=["aborted", "clean-eof"])
-async def test_chat_stream_ending_before_its_first_content_fails_over(relay, upstream, sdk, clean):
-    # truncate_after(0): the upstream sends its role-only preamble chunk, then breaks off
-    upstream.script["acct-0"] = [truncate_after(0, clean=clean)]
+async def test_chat_stream_breaking_after_its_preamble_is_an_error_not_a_retry(relay, upstream, sdk, clean):
+    # truncate_after(0): the role-only preamble reached the client, then the upstream broke off. Bytes went
+    # out, so the relay must not start over on another account: the client gets an error event.
+    for key in ACCOUNTS:
+        upstream.script[key] = [truncate_after(0, clean=clean)]
     client = sdk(relay)
-    content, text = await until_consumed(upstream, "acct-0", lambda c: ask_stream(client, c))
-    assert text.startswith("Hello! This is the demo model.")
-    tried = attempts_of(upstream, content)
-    assert len(tried) == 2 and tried[0] == "acct-0" and tried[1] != "acct-0"
+    content = prompt("preamble")
+    with pytest.raises(openai.APIError) as info:
+        await ask_stream(client, content)
+    assert not isinstance(info.value, openai.APIConnectionError)
+    assert len(attempts_of(upstream, content)) == 1
 
 
 # -- 4. no retry once bytes went out ---------------------------------------------------------------------
@@ -424,7 +427,7 @@ async def test_sdk_raises_when_a_stream_fails_midway(relay_factory, upstream, sd
 # -- 5. a client that goes away closes the upstream ------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["slow-stream", "stall-after-1"])
+@pytest.mark.parametrize("case", ["slow-stream", "stall-after-1", "stall-after-0"])
 async def test_client_disconnect_mid_stream_closes_upstream_within_1s(relay, upstream, http, case):
     if case == "slow-stream":
         upstream.options.chunk_delay_ms = 500
@@ -443,12 +446,9 @@ async def test_client_disconnect_mid_stream_closes_upstream_within_1s(relay, ups
 
 
 @pytest.mark.parametrize(
-    ("stream", "action"),
-    [(True, hang()), (True, stall_after(0)), (False, delay(5000))],
-    ids=["stream", "stream-preamble-only", "non-stream"],
+    ("stream", "action"), [(True, hang()), (False, delay(5000))], ids=["stream", "non-stream"]
 )
 async def test_client_giving_up_before_headers_closes_upstream_within_1s(relay, upstream, http, stream, action):
-    # stall_after(0): the upstream sent only its role preamble, which the relay holds back (no output yet)
     for key in ACCOUNTS:
         upstream.script[key] = [action]
     with pytest.raises(TimeoutError):

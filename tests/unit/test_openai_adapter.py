@@ -113,17 +113,3 @@ def test_retry_after_forms() -> None:
     assert later is not None and 25 < later <= 30
     assert retry_after_seconds({}) is None
 
-
-def test_role_preamble_is_not_output_but_content_tools_and_finish_are() -> None:
-    h = OpenAIPassthrough(keep_usage_chunk=False)
-    h.feed(CHUNKS[0])
-    assert not h.committed  # role chunk with "content":"" only
-    h.feed(CHUNKS[1])
-    assert h.committed
-    from relay.adapters.openai import has_output
-
-    assert has_output(b'data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}\n\n')
-    assert has_output(b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n')
-    assert has_output(b'data: {"choices":[{"delta": {"content": "x"}}]}\n\n')
-    assert has_output(b"data: [DONE]\n\n")
-    assert not has_output(b'data: {"choices":[{"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
