@@ -16,7 +16,8 @@ from aiohttp import web
 
 from . import web_api, web_ops
 from .adapters import adapter_for
-from .auth import ConfigKeys, KeyResolver
+from .auth import KeyCache, config_key_record
+from .billing import Balances, Pricing
 from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response
 from .ledger import Ledger
@@ -44,7 +45,7 @@ _CORS_EXPOSE = (
 _OPS_PATHS = ("/metrics", "/healthz", "/status")
 
 
-def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
+def build_app(cfg: Config) -> web.Application:
     for i, ch in enumerate(cfg.channels):
         try:
             adapter_for(ch.type)
@@ -56,7 +57,9 @@ def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
     store = Store(cfg.database)
     upstream = Upstream(cfg.timeouts)
     ledger = Ledger(store, cfg.ledger, metrics)
-    proxy = Proxy(cfg, router, upstream, ledger, metrics)
+    keys = KeyCache(store)
+    balances = Balances()
+    proxy = Proxy(cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances)
     ops = web_ops.OpsDeps(metrics, router, store)
 
     app = web.Application(
@@ -64,15 +67,21 @@ def build_app(cfg: Config, keys: KeyResolver | None = None) -> web.Application:
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
-    web_api.add_routes(app, web_api.ApiDeps(cfg, keys or ConfigKeys(cfg.client_keys), router, proxy, ledger))
+    web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger))
     web_ops.add_routes(app, ops)
     app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
+        for k in cfg.client_keys:
+            await store.sync_config_key(config_key_record(k))
+        await keys.refresh()
+        balances.load({k.id: k.spent_usd for k in keys.records()})
+        keys.start()
         await upstream.start()
         ledger.start()
         yield
+        await keys.close()
         await ledger.close()
         await upstream.close()
         await store.close()
@@ -159,10 +168,9 @@ def _response_headers(origins: tuple[str, ...]) -> Callable[[web.Request, web.St
 
 async def start(
     cfg: Config, host: str | None = None, port: int | None = None, *, reuse_port: bool = False,
-    keys: KeyResolver | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Start serving; returns the runner (await runner.cleanup() to stop) and the base URL."""
-    app = build_app(cfg, keys)
+    app = build_app(cfg)
     # handler_cancellation: a client that goes away cancels its handler, which closes the upstream at once
     # keepalive_timeout also runs from the moment a connection opens: a client that has not sent a whole
     # request (headers included) by then is disconnected, so slow senders cannot hold connections.

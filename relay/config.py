@@ -18,11 +18,13 @@ import yaml
 
 __all__ = [
     "CHANNEL_TYPES",
+    "BillingConfig",
     "ChannelConfig",
     "ClientKeyConfig",
     "Config",
     "ConfigError",
     "LedgerConfig",
+    "PriceConfig",
     "RetryConfig",
     "ServerConfig",
     "TimeoutConfig",
@@ -94,6 +96,27 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceConfig:
+    """USD per 1M tokens (input, cached_input, output), per image, per 1M characters, per audio minute."""
+
+    input: float = 0.0
+    cached_input: float | None = None  # None: the input price
+    output: float = 0.0
+    image: float = 0.0  # per image when no size/quality entry matches
+    images: Mapping[str, float] = field(default_factory=dict)  # "1024x1024" or "1024x1024/hd" -> USD
+    characters: float = 0.0
+    minute: float = 0.0
+    free: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BillingConfig:
+    max_output_tokens: int = 4096  # reserved for output when a request sets no max_tokens
+    groups: Mapping[str, float] = field(default_factory=dict)  # key group -> price multiplier
+    require_prices: bool = True  # refuse models without a price (set false to serve them free)
+
+
+@dataclass(frozen=True, slots=True)
 class ClientKeyConfig:
     name: str
     key_hash: str  # sha256 hex of the key
@@ -108,7 +131,8 @@ class Config:
     database: str = "relay.db"
     channels: tuple[ChannelConfig, ...] = ()
     client_keys: tuple[ClientKeyConfig, ...] = ()
-    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    prices: Mapping[str, PriceConfig] = field(default_factory=dict)
+    billing: BillingConfig = field(default_factory=lambda: BillingConfig())
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
@@ -151,7 +175,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root = _Node(_expand(raw, env, ""), "")
     root.mapping()
     root.allow(
-        "server", "admin_token", "database", "channels", "client_keys", "prices",
+        "server", "admin_token", "database", "channels", "client_keys", "prices", "billing",
         "timeouts", "retry", "ledger", "log_level",
     )
     server = root.child("server")
@@ -188,6 +212,14 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     channels, skipped = _channels(root.child("channels", default=[]))
     keys = _client_keys(root.child("client_keys", default=[]))
     prices = _prices(root.child("prices"))
+    b = root.child("billing")
+    b.allow("max_output_tokens", "groups", "require_prices")
+    groups = b.child("groups")
+    billing = BillingConfig(
+        max_output_tokens=b.get_int("max_output_tokens", 4096, lo=1),
+        groups={g: groups.get_float(g, 1.0, lo=0) for g in groups.keys()},
+        require_prices=b.get_bool("require_prices", True),
+    )
     log_level = root.get_str("log_level", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level: must be one of debug, info, warning, error")
@@ -198,6 +230,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         channels=channels,
         client_keys=keys,
         prices=prices,
+        billing=billing,
         timeouts=timeouts,
         retry=retry,
         ledger=ledger,
@@ -284,12 +317,23 @@ def _client_keys(node: _Node) -> tuple[ClientKeyConfig, ...]:
     return tuple(out)
 
 
-def _prices(node: _Node) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+def _prices(node: _Node) -> dict[str, PriceConfig]:
+    out: dict[str, PriceConfig] = {}
     for model in node.keys():
         p = node.child(model)
-        p.mapping()
-        out[model] = {unit: p.get_float(unit, 0.0, lo=0) for unit in p.keys()}
+        p.allow("input", "cached_input", "output", "image", "images", "characters", "minute", "free")
+        im = p.child("images")
+        cached = p.mapping().get("cached_input")
+        out[model] = PriceConfig(
+            input=p.get_float("input", 0.0, lo=0),
+            cached_input=None if cached is None else p.get_float("cached_input", 0.0, lo=0),
+            output=p.get_float("output", 0.0, lo=0),
+            image=p.get_float("image", 0.0, lo=0),
+            images={size: im.get_float(size, 0.0, lo=0) for size in im.keys()},
+            characters=p.get_float("characters", 0.0, lo=0),
+            minute=p.get_float("minute", 0.0, lo=0),
+            free=p.get_bool("free", False),
+        )
     return out
 
 

@@ -1,7 +1,7 @@
 """The relay pipeline, the one module that knows every step:
 
-    route (channel, account) -> adapter builds the upstream request -> upstream I/O
-        -> passthrough or translated stream -> usage -> ledger -> metrics
+    reserve the worst-case cost -> route (channel, account) -> adapter builds the upstream request
+        -> upstream I/O -> passthrough or translated stream -> usage -> settle -> ledger -> metrics
 
 Failover happens only before the first byte reaches the client: until then a failed attempt moves on to
 the next account; after it, a failure ends the stream with an error event. Every request of a known key,
@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .adapters import adapter_for
 from .adapters.base import Adapter, StreamHandler
+from .billing import Balances, Pricing, Reservation
 from .config import Config
 from .errors import RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
 from .ledger import Ledger
@@ -26,7 +27,7 @@ from .router import Account, Router
 from .sse import EventTooLarge
 from .types import KeyRecord, RelayRequest, Usage, UsageRecord
 from .upstream import READ_ERRORS, Upstream, UpstreamResponse
-from .usage import estimate_usage
+from .usage import estimate_prompt_tokens, estimate_usage
 
 __all__ = ["Proxy"]
 
@@ -43,7 +44,9 @@ SSE_HEADERS = {
 class _Trace:
     """What one request did; becomes its ledger row."""
 
-    __slots__ = ("status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "stream_events")
+    __slots__ = (
+        "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "stream_events", "reservation",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -54,11 +57,17 @@ class _Trace:
         self.usage: Usage | None = None
         self.ttft: float | None = None
         self.stream_events = 0
+        self.reservation: Reservation | None = None
 
 
 class Proxy:
-    def __init__(self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics) -> None:
+    def __init__(
+        self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics,
+        pricing: Pricing, balances: Balances,
+    ) -> None:
         self._retry = cfg.retry
+        self._pricing = pricing
+        self._balances = balances
         self._router = router
         self._upstream = upstream
         self._ledger = ledger
@@ -91,6 +100,10 @@ class Proxy:
         assert task is not None
         self._inflight.add(task)
         try:
+            price = self._pricing.price(req.model)
+            multiplier = self._pricing.multiplier(req.key.group)
+            worst = self._pricing.worst_case(price, req, estimate_prompt_tokens(req)) * multiplier
+            trace.reservation = self._balances.reserve(req.key, worst, price, multiplier)
             return await self._attempts(request, req, trace)
         except RelayError as e:
             trace.status = e.status
@@ -287,6 +300,10 @@ class Proxy:
         usage = trace.usage
         if usage is None:
             usage = estimate_usage(req, trace.stream_events) if trace.status and trace.status < 400 else Usage()
+        cost = 0.0
+        r = trace.reservation
+        if r is not None:
+            cost = self._balances.settle(r, self._pricing.cost(r.price, req, usage) * r.multiplier)
         self._ledger.append(
             UsageRecord(
                 request_id=req.id,
@@ -305,6 +322,7 @@ class Proxy:
                 ttft_ms=None if trace.ttft is None else round(trace.ttft * 1000, 3),
                 stream=req.stream,
                 attempts=trace.attempts,
+                cost_usd=cost,
             )
         )
         self._metrics.observe_request(

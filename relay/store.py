@@ -1,22 +1,29 @@
-"""The only aiosqlite user: schema, batched ledger writes, and the reads behind /status.
+"""The only aiosqlite user: schema, batched ledger writes, the key table, and the reads behind /status.
 
-One connection, one writer, WAL. Never called on the request path; the ledger's flusher and the
-operations pages are its only callers.
+One connection per process, WAL. Never called on the request path: the ledger's flusher, the key cache's
+poller, the admin API, the CLI and the operations pages are its callers.
+
+Two writers share the key table without racing: the operator (CLI, admin API) writes only the admin
+columns and bumps `rev`; the relay writes only `spent_usd`, in the same transaction as the ledger rows
+that account for it, so after any restart each key's spent equals the sum of its ledger rows.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter
+from typing import Any
 
 import aiosqlite
+import orjson
 
-from .types import UsageRecord
+from .types import KeyRecord, UsageRecord
 
-__all__ = ["Availability", "Store"]
+__all__ = ["ADMIN_KEY_FIELDS", "Availability", "Store"]
 
 log = logging.getLogger("relay.store")
 
@@ -46,11 +53,57 @@ CREATE TABLE IF NOT EXISTS usage (
     latency_ms        REAL    NOT NULL,
     ttft_ms           REAL,
     stream            INTEGER NOT NULL,
-    attempts          INTEGER NOT NULL
+    attempts          INTEGER NOT NULL,
+    cost_usd          REAL    NOT NULL DEFAULT 0 CHECK (cost_usd >= 0)
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts);
+CREATE TABLE IF NOT EXISTS keys (
+    id          TEXT    PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    key_hash    TEXT    NOT NULL UNIQUE,
+    prefix      TEXT    NOT NULL,
+    models      TEXT    NOT NULL DEFAULT '[]',
+    status      TEXT    NOT NULL DEFAULT 'active',
+    expires_at  REAL,
+    granted_usd REAL,
+    spent_usd   REAL    NOT NULL DEFAULT 0,
+    rpm INTEGER, rpd INTEGER, tpm INTEGER, tpd INTEGER, ipm INTEGER,
+    ip_allow    TEXT    NOT NULL DEFAULT '[]',
+    grp         TEXT    NOT NULL DEFAULT 'default',
+    created_at  REAL    NOT NULL,
+    rev         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_rev ON keys (rev);
 """
+
+# Columns the operator may change; spent_usd is the relay's alone.
+ADMIN_KEY_FIELDS = (
+    "name", "models", "status", "expires_at", "granted_usd", "rpm", "rpd", "tpm", "tpd", "ipm", "ip_allow", "group",
+)
+_KEY_COLUMNS = (
+    "id, name, key_hash, prefix, models, status, expires_at, granted_usd, spent_usd, rpm, rpd, tpm, tpd, ipm, "
+    "ip_allow, grp, created_at, rev"
+)
+_NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
+
+
+def _key(row: Sequence[Any]) -> KeyRecord:
+    (id_, name, key_hash, prefix, models, status, expires_at, granted, spent, rpm, rpd, tpm, tpd, ipm,
+     ip_allow, grp, created_at, rev) = row
+    return KeyRecord(
+        id=id_, name=name, key_hash=key_hash, prefix=prefix, models=tuple(orjson.loads(models)), status=status,
+        expires_at=expires_at, granted_usd=granted, spent_usd=spent, rpm=rpm, rpd=rpd, tpm=tpm, tpd=tpd, ipm=ipm,
+        ip_allow=tuple(orjson.loads(ip_allow)), group=grp, created_at=created_at, rev=rev,
+    )
+
+
+def _column_value(field: str, value: Any) -> tuple[str, Any]:
+    if field in ("models", "ip_allow"):
+        return field, orjson.dumps(list(value or ())).decode()
+    if field == "group":
+        return "grp", value or "default"
+    return field, value
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +130,10 @@ class Store:
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(_SCHEMA)
+        async with self._db.execute("PRAGMA table_info(usage)") as cur:
+            columns = {row[1] async for row in cur}
+        if "cost_usd" not in columns:  # a ledger written before billing
+            await self._db.execute("ALTER TABLE usage ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0")
         await self._db.commit()
 
     async def close(self) -> None:
@@ -90,28 +147,159 @@ class Store:
         return self._db
 
     async def write_usage(self, rows: Sequence[UsageRecord]) -> int:
-        """Write rows in one transaction; returns how many were refused.
+        """Write rows, and add their cost to each key's spent, in one transaction; returns rows refused.
 
-        If the batch fails as a whole, each row is tried on its own so one bad row cannot drop the others.
-        A failure of the database itself (locked, disk full) propagates: the caller keeps the rows.
+        If the batch fails as a whole (or holds a request id already written), each row is tried on its
+        own so one bad row cannot drop the others and no cost is counted twice. A failure of the database
+        itself (locked, disk full) propagates: the caller keeps the rows.
         """
         db = self.db
         values = [_ROW(r) for r in rows]
         try:
-            await db.executemany(_INSERT, values)
-            await db.commit()
-            return 0
+            cur = await db.executemany(_INSERT, values)
+            if cur.rowcount == len(values):
+                await self._add_spent(rows)
+                await db.commit()
+                return 0
+            await db.rollback()
         except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError, OverflowError):
             await db.rollback()
         refused = 0
-        for v in values:
+        written: list[UsageRecord] = []
+        for row, v in zip(rows, values):
             try:
-                await db.execute(_INSERT, v)
+                cur = await db.execute(_INSERT, v)
             except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError, OverflowError) as e:
                 refused += 1
                 log.error("usage row %s refused by the store: %s", v[0], type(e).__name__)
+                continue
+            if cur.rowcount:
+                written.append(row)
+        await self._add_spent(written)
         await db.commit()
         return refused
+
+    async def _add_spent(self, rows: Iterable[UsageRecord]) -> None:
+        spent: dict[str, float] = {}
+        for r in rows:
+            if r.cost_usd:
+                spent[r.key_id] = spent.get(r.key_id, 0.0) + r.cost_usd
+        if spent:
+            await self.db.executemany(
+                "UPDATE keys SET spent_usd = spent_usd + ? WHERE id = ?", [(v, k) for k, v in spent.items()]
+            )
+
+    # -- keys ---------------------------------------------------------------------------------------------
+
+    async def create_key(self, record: KeyRecord) -> KeyRecord:
+        """Insert a new key; id, hash and prefix come from the caller (the secret never reaches the store)."""
+        now = time.time()
+        await self.db.execute(
+            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,?,?,?,?,?,?,?,?,{_NEXT_REV})",
+            (
+                record.id, record.name, record.key_hash, record.prefix, _column_value("models", record.models)[1],
+                record.status, record.expires_at, record.granted_usd, record.rpm, record.rpd, record.tpm,
+                record.tpd, record.ipm, _column_value("ip_allow", record.ip_allow)[1], record.group or "default",
+                record.created_at or now,
+            ),
+        )
+        await self.db.commit()
+        got = await self.get_key(record.id)
+        assert got is not None
+        return got
+
+    async def sync_config_key(self, record: KeyRecord) -> None:
+        """Keys listed in config.yaml: inserted once, their hash, name and models kept in step."""
+        await self.db.execute(
+            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,'active',NULL,NULL,0,NULL,NULL,NULL,NULL,NULL,"
+            f"'[]','default',?,{_NEXT_REV}) ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, "
+            "name = excluded.name, prefix = excluded.prefix, models = excluded.models, rev = excluded.rev "
+            "WHERE keys.key_hash != excluded.key_hash OR keys.models != excluded.models",
+            (record.id, record.name, record.key_hash, record.prefix, _column_value("models", record.models)[1],
+             time.time()),
+        )
+        await self.db.commit()
+
+    async def get_key(self, ref: str) -> KeyRecord | None:
+        """By id, or by displayed prefix when exactly one key has it."""
+        async with self.db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (ref,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            async with self.db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE prefix = ? LIMIT 2", (ref,)) as cur:
+                rows = await cur.fetchall()
+            row = rows[0] if len(rows) == 1 else None
+        return _key(row) if row else None
+
+    async def list_keys(self) -> list[KeyRecord]:
+        async with self.db.execute(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, id") as cur:
+            return [_key(r) async for r in cur]
+
+    async def keys_changed_since(self, rev: int) -> list[KeyRecord]:
+        async with self.db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE rev > ? ORDER BY rev", (rev,)
+        ) as cur:
+            return [_key(r) async for r in cur]
+
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        """Change admin fields; unknown fields are a programming error."""
+        sets, args = [], []
+        for name, value in changes.items():
+            if name not in ADMIN_KEY_FIELDS:
+                raise ValueError(f"not an admin field: {name}")
+            column, v = _column_value(name, value)
+            sets.append(f"{column} = ?")
+            args.append(v)
+        if sets:
+            await self.db.execute(
+                f"UPDATE keys SET {', '.join(sets)}, rev = {_NEXT_REV} WHERE id = ?", (*args, key_id)
+            )
+            await self.db.commit()
+        return await self.get_key(key_id)
+
+    async def top_up(self, key_id: str, usd: float) -> KeyRecord | None:
+        """Add to what the key was granted (atomic in the database: concurrent top-ups all count)."""
+        await self.db.execute(
+            f"UPDATE keys SET granted_usd = granted_usd + ?, rev = {_NEXT_REV} WHERE id = ? AND granted_usd IS NOT NULL",
+            (usd, key_id),
+        )
+        await self.db.commit()
+        return await self.get_key(key_id)
+
+    async def spent_by_ledger(self) -> dict[str, float]:
+        async with self.db.execute("SELECT key_id, SUM(cost_usd) FROM usage GROUP BY key_id") as cur:
+            return {k: float(v or 0) async for k, v in cur}
+
+    async def usage_summary(
+        self, key_id: str | None = None, since: float | None = None, by: Sequence[str] = ("key", "model", "day")
+    ) -> list[dict[str, Any]]:
+        """Requests, tokens and cost grouped by any of key, model, day (UTC)."""
+        columns = {"key": "key_id", "model": "model", "day": "date(ts, 'unixepoch')"}
+        group = [columns[b] for b in by]
+        where, args = [], []
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        select = [*group, "COUNT(*)", "SUM(prompt_tokens)", "SUM(completion_tokens)", "SUM(cost_usd)", "SUM(status < 400)"]
+        sql = f"SELECT {', '.join(select)} FROM usage"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        if group:
+            sql += f" GROUP BY {', '.join(group)} ORDER BY {', '.join(group)}"
+        out = []
+        async with self.db.execute(sql, args) as cur:
+            async for row in cur:
+                n = len(by)
+                item = dict(zip(by, row[:n]))
+                requests, prompt, completion, cost, ok = row[n:]
+                item.update(
+                    requests=requests, ok=int(ok or 0), prompt_tokens=int(prompt or 0),
+                    completion_tokens=int(completion or 0), cost_usd=round(float(cost or 0), 9),
+                )
+                out.append(item)
+        return out
 
     async def availability(self, since: float) -> list[Availability]:
         """Per model and per channel: requests served vs failed by the relay or upstream since `since`.

@@ -29,13 +29,40 @@ Dialect = Literal["openai", "anthropic"]
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
-    """A client key as the request path sees it. Only the hash of the secret is ever held."""
+    """A client key as the store holds it and the request path sees it. Never the secret, only its hash.
+
+    `granted_usd` is written by the operator (create, top-up); `spent_usd` only by the relay, so the two
+    never race. None for granted_usd: no balance limit. A limit that is None is no limit.
+    """
 
     id: str
     name: str
     key_hash: str
     prefix: str
-    models: tuple[str, ...] = ()  # empty: every model
+    models: tuple[str, ...] = ()  # names or globs; empty: every model
+    status: str = "active"  # active | revoked
+    expires_at: float | None = None  # unix time
+    granted_usd: float | None = None
+    spent_usd: float = 0.0
+    rpm: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+    ipm: int | None = None
+    ip_allow: tuple[str, ...] = ()  # CIDRs; empty: any address
+    group: str = "default"
+    created_at: float = 0.0
+    rev: int = 0  # the store's change counter at this key's last admin change
+
+    def public(self) -> dict[str, object]:
+        """What an operator may see: everything but the hash."""
+        return {
+            "id": self.id, "name": self.name, "prefix": self.prefix, "status": self.status,
+            "models": list(self.models), "expires_at": self.expires_at, "granted_usd": self.granted_usd,
+            "spent_usd": round(self.spent_usd, 9), "rpm": self.rpm, "rpd": self.rpd, "tpm": self.tpm,
+            "tpd": self.tpd, "ipm": self.ipm, "ip_allow": list(self.ip_allow), "group": self.group,
+            "created_at": self.created_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +121,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     source: Literal["upstream", "estimate"] = "estimate"
+    cached_tokens: int = 0  # part of prompt_tokens served from the provider's prompt cache
 
     @property
     def total_tokens(self) -> int:
@@ -120,3 +148,4 @@ class UsageRecord:
     ttft_ms: float | None
     stream: bool
     attempts: int
+    cost_usd: float = 0.0

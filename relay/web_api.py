@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .auth import KeyResolver, authenticate
+from .auth import KeyResolver, authenticate, check_key, key_allows
 from .config import Config
 from .errors import InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, RelayError, UpstreamUnavailable
 from .ledger import Ledger
@@ -24,7 +24,7 @@ from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
 
-__all__ = ["REQUEST_ID", "ApiDeps", "add_routes", "key_allows"]
+__all__ = ["REQUEST_ID", "ApiDeps", "add_routes"]
 
 # Endpoints relayed with a JSON body, and those taking a multipart upload.
 JSON_ENDPOINTS = (
@@ -50,12 +50,10 @@ class ApiDeps:
         self.owned_by = {m: ch.type for ch in reversed(cfg.channels) for m in ch.models}
 
 
-def key_allows(key: KeyRecord, model: str) -> bool:
-    if not key.models:
-        return True
-    from fnmatch import fnmatchcase
-
-    return any(fnmatchcase(model, pattern) for pattern in key.models)
+def _key(deps: ApiDeps, request: web.Request) -> KeyRecord:
+    key = authenticate(deps.keys, request.headers)
+    check_key(key, request.remote, deps.keys.networks_of(key.id))
+    return key
 
 
 def add_routes(app: web.Application, deps: ApiDeps) -> None:
@@ -74,7 +72,7 @@ def _relay_handler(deps: ApiDeps, endpoint: str) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
-        key = authenticate(deps.keys, request.headers)
+        key = _key(deps, request)
         if deps.ledger.full:
             raise UpstreamUnavailable("The relay is overloaded; retry shortly.", code="relay_overloaded")
         form: tuple[FormField, ...] = ()
@@ -120,7 +118,7 @@ def _relay_handler(deps: ApiDeps, endpoint: str) -> Handler:
 
 def _models_handler(deps: ApiDeps) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        key = authenticate(deps.keys, request.headers)
+        key = _key(deps, request)
         data = [_model_object(deps, m) for m in deps.router.models() if key_allows(key, m)]
         return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
@@ -129,7 +127,7 @@ def _models_handler(deps: ApiDeps) -> Handler:
 
 def _model_handler(deps: ApiDeps) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        key = authenticate(deps.keys, request.headers)
+        key = _key(deps, request)
         model = request.match_info["model"]
         if not deps.router.serves(model) or not key_allows(key, model):
             raise NotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")

@@ -81,6 +81,15 @@ def relay_config(upstream_url: str, database: str, **overrides: Any) -> dict[str
         "channels": [
             {"name": "fake", "type": "openai", "base_url": upstream_url, "keys": list(ACCOUNTS), "models": MODELS}
         ],
+        "prices": {
+            "demo": {"input": 1, "output": 2},
+            "gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.6},
+            "text-embedding-3-small": {"input": 0.02},
+            "dall-e-3": {"image": 0.04, "images": {"1024x1024/hd": 0.08}},
+            "tts-1": {"characters": 15},
+            "whisper-1": {"minute": 0.006},
+            "omni-moderation-latest": {"free": True},
+        },
         "retry": {"failure_threshold": 100},
         "ledger": {"flush_interval": 0.05},
         "log_level": "warning",

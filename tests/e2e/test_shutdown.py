@@ -79,6 +79,7 @@ class Procs:
                 "name": "fake", "type": "openai", "base_url": upstream_url,
                 "keys": ["acct-0", "acct-1", "acct-2"], "models": ["demo"],
             }],
+            "prices": {"demo": {"input": 1, "output": 2}},
             "ledger": {"flush_interval": 0.05},
             "log_level": "info",
         }

@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 
 # Each module may import only modules listed before it (adapters count as one layer).
 ORDER = [
-    "types", "config", "errors", "sse", "usage", "adapters", "metrics", "store", "auth", "router",
+    "types", "config", "errors", "sse", "usage", "billing", "adapters", "metrics", "store", "auth", "router",
     "upstream", "ledger", "proxy", "web_api", "web_ops", "app", "cli",
 ]
 ONLY_IN = {"aiosqlite": {"store"}, "prometheus_client": {"metrics"}}

@@ -1,0 +1,164 @@
+"""Prices, the worst case a request may cost, and per-key balances with reserve-then-settle. Pure.
+
+Before a request is forwarded, its worst-case cost is reserved against the key's remaining balance
+(granted - spent - reserved); the event loop makes check-and-reserve atomic within a process. When the
+request ends, the reservation is released and the real cost charged, never more than was reserved: so
+no number of concurrent requests can take a key below zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .config import BillingConfig, PriceConfig
+from .errors import PermissionDenied, RelayError
+from .types import KeyRecord, RelayRequest, Usage
+
+__all__ = ["Balances", "InsufficientQuota", "Pricing", "Reservation"]
+
+_FREE = PriceConfig(free=True)
+# Speech uploads carry no duration the relay can read; 128 kbit/s (16 kB/s) is the common encoding.
+_UPLOAD_BYTES_PER_SECOND = 16_000
+# The prompt estimate is raised by this much when reserving, so tokenizer differences do not undershoot.
+_PROMPT_MARGIN = 1.25
+
+
+class InsufficientQuota(RelayError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    should_retry = False
+
+
+class Reservation:
+    __slots__ = ("key_id", "amount", "price", "multiplier")
+
+    def __init__(self, key_id: str, amount: float, price: PriceConfig, multiplier: float) -> None:
+        self.key_id = key_id
+        self.amount = amount
+        self.price = price
+        self.multiplier = multiplier
+
+
+class Pricing:
+    def __init__(self, prices: Mapping[str, PriceConfig], cfg: BillingConfig) -> None:
+        self._prices = prices
+        self._cfg = cfg
+
+    def price(self, model: str) -> PriceConfig:
+        p = self._prices.get(model)
+        if p is not None:
+            return p
+        if not self._cfg.require_prices:
+            return _FREE
+        raise PermissionDenied(
+            f"The model '{model}' has no price configured, so it cannot be billed.", code="model_not_priced"
+        )
+
+    def multiplier(self, group: str) -> float:
+        return self._cfg.groups.get(group, 1.0)
+
+    def worst_case(self, price: PriceConfig, req: RelayRequest, prompt_tokens: int) -> float:
+        """The most this request can cost before the group multiplier."""
+        if price.free:
+            return 0.0
+        body: Mapping[str, Any] = req.json or {}
+        if req.endpoint == "images/generations":
+            return _int(body.get("n"), 1) * _image_price(price, body)
+        if req.endpoint == "audio/speech":
+            text = body.get("input")
+            return len(text) * price.characters / 1e6 if isinstance(text, str) else 0.0
+        if req.form:
+            return self._upload_minutes(req) * price.minute
+        prompt = prompt_tokens * _PROMPT_MARGIN * price.input / 1e6
+        if req.endpoint in ("embeddings", "moderations"):
+            return prompt
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        output = _int(limit, self._cfg.max_output_tokens) * max(1, _int(body.get("n"), 1))
+        return prompt + output * price.output / 1e6
+
+    def cost(self, price: PriceConfig, req: RelayRequest, usage: Usage) -> float:
+        """What the request actually cost, before the group multiplier."""
+        if price.free:
+            return 0.0
+        body: Mapping[str, Any] = req.json or {}
+        if req.endpoint == "images/generations":
+            return _int(body.get("n"), 1) * _image_price(price, body)
+        if req.endpoint == "audio/speech":
+            text = body.get("input")
+            return len(text) * price.characters / 1e6 if isinstance(text, str) else 0.0
+        if req.form:
+            return self._upload_minutes(req) * price.minute
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        cached_price = price.input if price.cached_input is None else price.cached_input
+        return (
+            (usage.prompt_tokens - cached) * price.input
+            + cached * cached_price
+            + usage.completion_tokens * price.output
+        ) / 1e6
+
+    @staticmethod
+    def _upload_minutes(req: RelayRequest) -> float:
+        size = 0
+        for f in req.form:
+            if f.spool is not None:
+                f.spool.seek(0, 2)
+                size += f.spool.tell()
+        return size / _UPLOAD_BYTES_PER_SECOND / 60
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
+def _image_price(price: PriceConfig, body: Mapping[str, Any]) -> float:
+    size, quality = body.get("size"), body.get("quality")
+    for name in (f"{size}/{quality}", str(size)):
+        if name in price.images:
+            return price.images[name]
+    return price.image
+
+
+class Balances:
+    """Spent and reserved per key, in memory: the truth between ledger flushes."""
+
+    def __init__(self) -> None:
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+
+    def load(self, spent: Mapping[str, float]) -> None:
+        self._spent.update(spent)
+
+    def spent(self, key_id: str) -> float:
+        return self._spent.get(key_id, 0.0)
+
+    def remaining(self, key: KeyRecord) -> float | None:
+        if key.granted_usd is None:
+            return None
+        return key.granted_usd - self._spent.get(key.id, 0.0) - self._reserved.get(key.id, 0.0)
+
+    def reserve(self, key: KeyRecord, amount: float, price: PriceConfig, multiplier: float) -> Reservation:
+        left = self.remaining(key)
+        if left is not None:
+            if left <= 0:
+                raise InsufficientQuota("This key's balance is exhausted; top it up to continue.")
+            if amount > left:
+                raise InsufficientQuota(
+                    f"This key's remaining balance (${left:.6f}) does not cover this request's maximum cost "
+                    f"(${amount:.6f}); lower max_tokens or top the key up."
+                )
+        self._reserved[key.id] = self._reserved.get(key.id, 0.0) + amount
+        return Reservation(key.id, amount, price, multiplier)
+
+    def settle(self, r: Reservation, actual: float) -> float:
+        """Release the reservation and charge the actual cost, capped at what was reserved; returns it."""
+        left = self._reserved.get(r.key_id, 0.0) - r.amount
+        if left > 1e-12:
+            self._reserved[r.key_id] = left
+        else:
+            self._reserved.pop(r.key_id, None)
+        charged = min(max(actual, 0.0), r.amount)
+        if charged:
+            self._spent[r.key_id] = self._spent.get(r.key_id, 0.0) + charged
+        return charged
