@@ -283,6 +283,7 @@ def start_relay(logdir: Path, name: str, upstream: Proc) -> Proc:
         "    base_url: http://127.0.0.1:%d/v1\n"
         "    keys: [k1, k2, k3]\n"
         "    models: [demo]\n"
+        "prices: {demo: {input: 1, output: 2}}\n"
         "log_level: warning\n" % (port, json.dumps(str(db)), CLIENT_KEY, upstream.port)
     )
     argv = [PY, "-m", "relay", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
