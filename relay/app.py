@@ -73,8 +73,10 @@ def build_app(cfg: Config) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
-        for k in cfg.client_keys:
-            await store.sync_config_key(config_key_record(k))
+        config_keys = [config_key_record(k) for k in cfg.client_keys]
+        for record in config_keys:
+            await store.sync_config_key(record)
+        await store.retire_config_keys(r.id for r in config_keys)
         await keys.refresh()
         balances.load({k.id: k.spent_usd for k in keys.records()})
         keys.start()

@@ -213,10 +213,21 @@ class Store:
         await self.db.execute(
             f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,'active',NULL,NULL,0,NULL,NULL,NULL,NULL,NULL,"
             f"'[]','default',?,{_NEXT_REV}) ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, "
-            "name = excluded.name, prefix = excluded.prefix, models = excluded.models, rev = excluded.rev "
-            "WHERE keys.key_hash != excluded.key_hash OR keys.models != excluded.models",
+            "name = excluded.name, prefix = excluded.prefix, models = excluded.models, status = 'active', "
+            "rev = excluded.rev WHERE keys.key_hash != excluded.key_hash OR keys.models != excluded.models "
+            "OR keys.status != 'active'",
             (record.id, record.name, record.key_hash, record.prefix, _column_value("models", record.models)[1],
              time.time()),
+        )
+        await self.db.commit()
+
+    async def retire_config_keys(self, keep: Iterable[str]) -> None:
+        """A key removed from config.yaml stops working: revoke config keys whose id is not in `keep`."""
+        ids = list(keep)
+        await self.db.execute(
+            f"UPDATE keys SET status = 'revoked', rev = {_NEXT_REV} WHERE id LIKE 'cfg-%' AND status = 'active' "
+            f"AND id NOT IN ({', '.join('?' for _ in ids)})",
+            ids,
         )
         await self.db.commit()
 
