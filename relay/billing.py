@@ -22,6 +22,9 @@ _FREE = PriceConfig(free=True)
 _UPLOAD_BYTES_PER_SECOND = 16_000
 # The prompt estimate is raised by this much when reserving, so tokenizer differences do not undershoot.
 _PROMPT_MARGIN = 1.25
+# Balances are sums of float prices: a key whose balance covers a request exactly may show a few ulps less.
+# Amounts within this much of each other count as equal (a key can go below zero by at most this, once).
+_EPSILON = 1e-9
 
 
 class InsufficientQuota(RelayError):
@@ -141,9 +144,9 @@ class Balances:
     def reserve(self, key: KeyRecord, amount: float, price: PriceConfig, multiplier: float) -> Reservation:
         left = self.remaining(key)
         if left is not None:
-            if left <= 0:
+            if left <= _EPSILON:
                 raise InsufficientQuota("This key's balance is exhausted; top it up to continue.")
-            if amount > left:
+            if amount > left + _EPSILON:
                 raise InsufficientQuota(
                     f"This key's remaining balance (${left:.6f}) does not cover this request's maximum cost "
                     f"(${amount:.6f}); lower max_tokens or top the key up."
