@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import web_api, web_ops
+from . import web_admin, web_api, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .billing import Balances, Pricing
@@ -93,6 +93,8 @@ def build_app(cfg: Config) -> web.Application:
         await proxy.drain(cfg.server.shutdown_grace)
 
     app.cleanup_ctx.append(lifecycle)
+    # after the relay's own lifecycle: the admin API's connection opens once the schema exists
+    web_admin.add_routes(app, web_admin.AdminDeps(cfg, store, keys, balances))
     app.on_shutdown.append(drain)
     return app
 

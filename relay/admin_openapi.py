@@ -1,0 +1,173 @@
+"""The admin API's OpenAPI 3.1 document, served at /admin/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OPENAPI"]
+
+# -- the OpenAPI document ---------------------------------------------------------------------------------
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(type_: str, description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [type_, "null"], "description": description, **extra}
+
+
+def _ok(description: str, schema: dict[str, Any], status: str = "200") -> dict[str, Any]:
+    return {status: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    why = {
+        400: "Bad request body or parameter", 401: "Missing or wrong admin token", 403: "The admin API is disabled",
+        404: "No such key", 409: "The key's balance is unlimited",
+    }
+    return {str(s): {"description": why[s], "content": {"application/json": {"schema": _ref("Error")}}}
+            for s in (401, 403, *statuses)}
+
+
+_LIMIT_PROPS = {
+    name: _nullable("integer", f"{what}; null: no limit", minimum=1)
+    for name, what in (
+        ("rpm", "Requests per minute"), ("rpd", "Requests per day"), ("tpm", "Tokens per minute"),
+        ("tpd", "Tokens per day"), ("ipm", "Images per minute"),
+    )
+}
+_WRITABLE = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+    "models": {"type": ["array", "null"], "items": {"type": "string"},
+               "description": "Model names or globs (gpt-4o*) the key may use; empty or null: every model"},
+    "expires_at": {"type": ["string", "number", "null"],
+                   "description": "ISO 8601 (a naive time is UTC) or unix seconds; null: never"},
+    "ip_allow": {"type": ["array", "null"], "items": {"type": "string"},
+                 "description": "CIDR blocks the key may be used from; empty or null: any address"},
+    "group": {"type": "string", "description": "Billing group (its price multiplier is in billing.groups)"},
+    **_LIMIT_PROPS,
+}
+_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "The key's id (key_...) or its displayed prefix (sk-XXXX)"}
+_KEY_OUT = _ok("The key", _ref("Key"))
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "relay admin API", "version": "1", "description": (
+        "Client keys, balances and usage of the relay. Every route needs `Authorization: Bearer <admin_token>`. "
+        "Errors use OpenAI's shape. Key secrets are returned once, by the create call, and never stored.")},
+    "security": [{"bearerAuth": []}],
+    "paths": {
+        "/admin/keys": {
+            "post": {
+                "operationId": "createKey", "summary": "Create a client key",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("KeyCreate")}}},
+                "responses": {**_ok("The new key, with its secret (shown only this once)", _ref("KeyCreated"), "201"),
+                              **_errors(400)},
+            },
+            "get": {
+                "operationId": "listKeys", "summary": "List client keys (never their secrets or hashes)",
+                "responses": {**_ok("Every key", {"type": "object", "required": ["object", "data"], "properties": {
+                    "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Key")}}}), **_errors()},
+            },
+        },
+        "/admin/keys/{id}": {
+            "parameters": [_ID_PARAM],
+            "get": {"operationId": "getKey", "summary": "One key", "responses": {**_KEY_OUT, **_errors(404)}},
+            "patch": {
+                "operationId": "updateKey", "summary": "Change a key's admin fields",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("KeyUpdate")}}},
+                "responses": {**_KEY_OUT, **_errors(400, 404)},
+            },
+            "delete": {"operationId": "deleteKey", "summary": "Revoke a key (its usage history is kept)",
+                       "responses": {**_KEY_OUT, **_errors(404)}},
+        },
+        "/admin/keys/{id}/revoke": {
+            "parameters": [_ID_PARAM],
+            "post": {"operationId": "revokeKey", "summary": "Revoke a key",
+                     "responses": {**_KEY_OUT, **_errors(404)}},
+        },
+        "/admin/keys/{id}/topup": {
+            "parameters": [_ID_PARAM],
+            "post": {
+                "operationId": "topUpKey", "summary": "Add USD to a key's granted balance",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["usd"], "additionalProperties": False,
+                    "properties": {"usd": {"type": "number", "exclusiveMinimum": 0}}}}}},
+                "responses": {**_KEY_OUT, **_errors(400, 404, 409)},
+            },
+        },
+        "/admin/usage": {
+            "get": {
+                "operationId": "usage", "summary": "Requests, tokens and cost from the ledger, grouped",
+                "parameters": [
+                    {"name": "key", "in": "query", "schema": {"type": "string"}, "description": "A key's id or prefix"},
+                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"},
+                     "description": "YYYY-MM-DD (UTC), inclusive"},
+                    {"name": "by", "in": "query", "schema": {"type": "string", "default": "key,model,day"},
+                     "description": "Comma-separated grouping among key, model, day"},
+                ],
+                "responses": {**_ok("Usage rows", {"type": "object", "required": ["object", "by", "data"], "properties": {
+                    "object": {"const": "list"}, "by": {"type": "array", "items": {"type": "string"}},
+                    "data": {"type": "array", "items": _ref("UsageRow")}}}), **_errors(400, 404)},
+            },
+        },
+        "/admin/openapi.json": {
+            "get": {"operationId": "openapi", "summary": "This document",
+                    "responses": {**_ok("OpenAPI 3.1 document", {"type": "object"}), **_errors()}},
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                           "description": "The admin_token from the relay's config"}},
+        "schemas": {
+            "Key": {
+                "type": "object",
+                "required": ["id", "name", "prefix", "status", "models", "granted_usd", "spent_usd", "remaining_usd"],
+                "properties": {
+                    "id": {"type": "string", "examples": ["key_0123456789abcdef"]},
+                    "prefix": {"type": "string", "description": "The secret's first 7 characters", "examples": ["sk-AbCd"]},
+                    "status": {"enum": ["active", "revoked"]},
+                    "granted_usd": _nullable("number", "USD granted (quota and top-ups); null: unlimited"),
+                    "spent_usd": {"type": "number"},
+                    "remaining_usd": _nullable("number", "granted - spent; null: unlimited"),
+                    "created_at": {"type": "number", "description": "unix seconds"},
+                    **_WRITABLE,
+                    "expires_at": _nullable("number", "unix seconds; null: never"),
+                    "models": {"type": "array", "items": {"type": "string"}},
+                    "ip_allow": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "KeyCreated": {"allOf": [_ref("Key"), {
+                "type": "object", "required": ["key"],
+                "properties": {"key": {"type": "string", "description": "The secret; returned only by this call"}}}]},
+            "KeyCreate": {
+                "type": "object", "required": ["name"], "additionalProperties": False,
+                "properties": {**_WRITABLE, "quota_usd": _nullable(
+                    "number", "USD the key may spend (top-ups add to it); null or absent: unlimited", minimum=0)},
+            },
+            "KeyUpdate": {
+                "type": "object", "additionalProperties": False,
+                "properties": {**_WRITABLE, "status": {"enum": ["active", "revoked"]},
+                               "granted_usd": _nullable("number", "Sets the granted USD; null: unlimited", minimum=0)},
+            },
+            "UsageRow": {
+                "type": "object",
+                "required": ["requests", "ok", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"],
+                "properties": {
+                    "key": {"type": "string", "description": "Key id (when grouped by key)"},
+                    "model": {"type": "string"}, "day": {"type": "string", "format": "date"},
+                    "requests": {"type": "integer"}, "ok": {"type": "integer", "description": "Requests answered < 400"},
+                    "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
+                    "total_tokens": {"type": "integer"}, "cost_usd": {"type": "number"},
+                },
+            },
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"], "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
+            },
+        },
+    },
+}
