@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "LedgerConfig",
+    "LimitsConfig",
     "PriceConfig",
     "RetryConfig",
     "ServerConfig",
@@ -117,6 +118,14 @@ class BillingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    backend: str = "local"  # local (in-process) | redis (shared by every worker and machine)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    fail_open: bool = True  # Redis failing during operation: admit (true) or refuse (false)
+    timeout: float = 0.05  # seconds a Redis call may take before it counts as failed
+
+
+@dataclass(frozen=True, slots=True)
 class ClientKeyConfig:
     name: str
     key_hash: str  # sha256 hex of the key
@@ -133,6 +142,7 @@ class Config:
     client_keys: tuple[ClientKeyConfig, ...] = ()
     prices: Mapping[str, PriceConfig] = field(default_factory=dict)
     billing: BillingConfig = field(default_factory=lambda: BillingConfig())
+    limits: LimitsConfig = field(default_factory=lambda: LimitsConfig())
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
@@ -175,7 +185,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root = _Node(_expand(raw, env, ""), "")
     root.mapping()
     root.allow(
-        "server", "admin_token", "database", "channels", "client_keys", "prices", "billing",
+        "server", "admin_token", "database", "channels", "client_keys", "prices", "billing", "limits",
         "timeouts", "retry", "ledger", "log_level",
     )
     server = root.child("server")
@@ -215,6 +225,18 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     b = root.child("billing")
     b.allow("max_output_tokens", "groups", "require_prices")
     groups = b.child("groups")
+    lm = root.child("limits")
+    lm.allow("backend", "redis_url", "fail_open", "timeout")
+    backend = lm.get_str("backend", "local")
+    if backend not in ("local", "redis"):
+        raise ConfigError(f"limits.backend: must be local or redis, not {backend!r}")
+    redis_url = lm.get_str("redis_url", LimitsConfig().redis_url)
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("limits.redis_url: must be a redis://, rediss:// or unix:// URL")
+    limits = LimitsConfig(
+        backend=backend, redis_url=redis_url, fail_open=lm.get_bool("fail_open", True),
+        timeout=lm.get_float("timeout", LimitsConfig().timeout),
+    )
     billing = BillingConfig(
         max_output_tokens=b.get_int("max_output_tokens", 4096, lo=1),
         groups={g: groups.get_float(g, 1.0, lo=0) for g in groups.keys()},
@@ -231,6 +253,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         client_keys=keys,
         prices=prices,
         billing=billing,
+        limits=limits,
         timeouts=timeouts,
         retry=retry,
         ledger=ledger,
