@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import web_admin, web_api, web_ops
+from . import tokens, web_admin, web_api, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .billing import Balances, Pricing
@@ -195,6 +195,9 @@ async def start(
 
 
 async def _serve(cfg: Config, host: str, port: int, reuse_port: bool) -> None:
+    # The tokenizer (for usage the upstream did not report) takes ~0.5 s to load and holds the GIL while
+    # it does: load it before serving, not on the first request that needs it.
+    tokens.preload()
     runner, url = await start(cfg, host, port, reuse_port=reuse_port)
     models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
     log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)

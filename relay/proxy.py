@@ -27,7 +27,7 @@ from .router import Account, Router
 from .sse import EventTooLarge
 from .types import KeyRecord, RelayRequest, Usage, UsageRecord
 from .upstream import READ_ERRORS, Upstream, UpstreamResponse
-from .usage import estimate_prompt_tokens, estimate_usage
+from .usage import estimate_prompt_tokens, usage_when_missing
 
 __all__ = ["Proxy"]
 
@@ -45,7 +45,7 @@ class _Trace:
     """What one request did; becomes its ledger row."""
 
     __slots__ = (
-        "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "stream_events", "reservation",
+        "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
     )
 
     def __init__(self) -> None:
@@ -56,7 +56,7 @@ class _Trace:
         self.attempts = 0
         self.usage: Usage | None = None
         self.ttft: float | None = None
-        self.stream_events = 0
+        self.completion_tokens: int | None = None  # counted from delivered text when usage is missing
         self.reservation: Reservation | None = None
 
 
@@ -221,8 +221,9 @@ class Proxy:
                 await _try_write(out, stream_error_event("The relay is shutting down.", code="server_shutdown"))
             finally:
                 self._metrics.active_streams.dec()
-                trace.stream_events = handler.events
                 trace.usage = handler.usage
+                if handler.usage is None:
+                    trace.completion_tokens = handler.completion.tokens(req.model)
             return out
         finally:
             resp.close()
@@ -299,7 +300,7 @@ class Proxy:
         latency = now - req.started
         usage = trace.usage
         if usage is None:
-            usage = estimate_usage(req, trace.stream_events) if trace.status and trace.status < 400 else Usage()
+            usage = usage_when_missing(req, trace.completion_tokens) if trace.status and trace.status < 400 else Usage()
         cost = 0.0
         r = trace.reservation
         if r is not None:

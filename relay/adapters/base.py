@@ -15,6 +15,7 @@ from typing import Protocol
 import orjson
 
 from ..errors import UpstreamFailure
+from ..tokens import CompletionCounter
 from ..types import BodyFactory, FormField, RelayRequest, Target, UpstreamRequest, Usage
 
 # Responses up to this size are parsed whole to read their usage.
@@ -35,7 +36,12 @@ class StreamHandler(Protocol):
 
     usage: Usage | None  # set once the upstream reported usage
     done: bool  # the upstream ended the stream cleanly ([DONE], message_stop, ...)
-    events: int  # events seen, for a completion estimate when the upstream gives no usage
+    events: int  # events seen
+
+    @property
+    def completion(self) -> CompletionCounter:
+        """The text delivered so far, for a count when the upstream gives no usage."""
+        ...
 
     def feed(self, chunk: bytes) -> bytes: ...
 

@@ -7,6 +7,7 @@ a run of events that holds a non-null usage object is parsed at all.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ import orjson
 
 from ..errors import UpstreamFailure
 from ..sse import EventSplitter, iter_events
+from ..tokens import CompletionCounter
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
 from .base import classify_status, encode_form, extract_usage_object
 
@@ -47,22 +49,53 @@ def _has_usage_object(block: bytes) -> bool:
 
 
 class OpenAIPassthrough:
-    """The zero-copy stream path: whole events go out as they came in."""
+    """The zero-copy stream path: whole events go out as they came in.
 
-    __slots__ = ("usage", "done", "events", "_split", "_keep_usage_chunk")
+    The text the client receives is counted only when someone asks (`completion`: the upstream gave no
+    usage) or once 2 KiB of events are held: the events are kept as they are (references, no copy) and
+    then scanned together with one regex pass, so a stream that ends with the upstream's usage before that
+    is never scanned at all.
+    """
 
-    def __init__(self, keep_usage_chunk: bool) -> None:
+    __slots__ = ("usage", "done", "events", "_split", "_keep_usage_chunk", "_text", "_unscanned", "_unscanned_size")
+
+    # A JSON string value the client reads as text (its raw body, escapes as written): content (and
+    # reasoning_content), reasoning, refusal, legacy completions' text, tool-call arguments. The keys are
+    # factored (about 10% faster than a plain alternation); a value never spans a line (JSON escapes raw
+    # newlines), so a malformed event cannot pull in the next one.
+    TEXT_VALUES = re.compile(
+        rb'"(?:content|re(?:asoning(?:_content)?|fusal)|arguments|text)":[ \t]*"([^"\\\n]*(?:\\.[^"\\\n]*)*)"'
+    )
+    # 2 KiB: about 8 chat events held before they are scanned together (a few KB per open stream at most,
+    # which matters with thousands of slow streams open).
+    SCAN_BYTES = 2 * 1024
+
+    def __init__(self, keep_usage_chunk: bool, model: str = "") -> None:
         self.usage: Usage | None = None
         self.done = False
         self.events = 0
         self._split = EventSplitter()
         self._keep_usage_chunk = keep_usage_chunk
+        self._text = CompletionCounter(model)
+        self._unscanned: list[bytes] = []
+        self._unscanned_size = 0
+
+    @property
+    def completion(self) -> CompletionCounter:
+        """The text delivered so far (error events excluded), as raw fragments ready to count."""
+        if self._unscanned:
+            self._scan()
+        return self._text
 
     def feed(self, chunk: bytes) -> bytes:
         block = self._split.feed(chunk)
         if not block:
             return block
         self.events += block.count(b"data:")
+        self._unscanned.append(block)
+        self._unscanned_size += len(block)
+        if self._unscanned_size > self.SCAN_BYTES:
+            self._scan()
         if b'"usage"' in block and _has_usage_object(block):
             block = self._take_usage(block)
         if b"[DONE]" in block:
@@ -71,6 +104,14 @@ class OpenAIPassthrough:
 
     def close(self) -> bytes:
         return self._split.flush()
+
+    def _scan(self) -> None:
+        held = self._unscanned
+        block = held[0] if len(held) == 1 else b"".join(held)
+        self._unscanned, self._unscanned_size = [], 0
+        if b'"error":' in block:  # an error event's message is no completion
+            block = b"\n\n".join(e for e in iter_events(block) if b'"error":' not in e)
+        self._text.extend(self.TEXT_VALUES.findall(block))
 
     def _take_usage(self, block: bytes) -> bytes:
         kept: list[bytes] = []
@@ -121,7 +162,7 @@ class OpenAIAdapter:
         return body, usage_from_openai(extract_usage_object(body))
 
     def stream_handler(self, req: RelayRequest) -> OpenAIPassthrough:
-        return OpenAIPassthrough(keep_usage_chunk=req.wants_usage)
+        return OpenAIPassthrough(keep_usage_chunk=req.wants_usage, model=req.model)
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:
         failure = classify_status(status, headers, body, headers.get("content-type", "application/json"))

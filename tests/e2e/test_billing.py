@@ -546,3 +546,49 @@ async def test_database_holds_no_plaintext_client_key(relay_factory: RelayFactor
     for plaintext in (secret, CLIENT_KEY, near_miss):
         assert plaintext.encode() not in data
         assert plaintext[7:].encode() not in data  # not even past the displayed prefix
+
+
+@pytest.mark.parametrize("k", [1, 3])
+async def test_disconnect_after_k_chunks_is_charged_prompt_plus_delivered_text(
+    relay_factory: RelayFactory, upstream: Any, k: int
+) -> None:
+    """No upstream usage arrives when the client leaves: the charge is the prompt plus what was delivered."""
+    from relay import tokens
+
+    relay = await relay_factory(prices={"demo": {"input": 2, "output": 3}})
+    upstream.options.chunk_delay_ms = 300  # the relay sees the client leave long before the next chunk
+    upstream.options.chunks = 12
+    body = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "Count my tokens, please."}]}
+    received: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(relay.v1 + "/chat/completions", json=body, headers=auth(CLIENT_KEY))
+        assert resp.status == 200
+        request_id = resp.headers["x-request-id"]
+        buf = b""
+        while len(received) < k:
+            buf += await resp.content.readany()
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                delta = orjson.loads(event.removeprefix(b"data: "))["choices"][0]["delta"]
+                if delta.get("content"):
+                    received.append(delta["content"])
+        resp.close()  # leave mid-stream
+    delivered = "".join(received[:k])
+    assert len(received) == k and delivered
+    expected_completion = tokens.count_text(delivered, "demo")
+    expected_prompt = tokens.prompt_tokens("chat/completions", body)
+    row = None
+    for _ in range(100):
+        with sqlite3.connect(relay.database) as db:
+            row = db.execute(
+                "SELECT end_reason, prompt_tokens, completion_tokens, usage_source, cost_usd FROM usage "
+                "WHERE request_id = ?", (request_id,),
+            ).fetchone()
+        if row:
+            break
+        await asyncio.sleep(0.05)
+    assert row is not None
+    end_reason, prompt, completion, source, cost = row
+    assert end_reason == "client_disconnected" and source == "estimate"
+    assert (prompt, completion) == (expected_prompt, expected_completion)
+    assert cost == pytest.approx((prompt * 2 + completion * 3) / 1e6, abs=1e-12)
