@@ -22,7 +22,9 @@ from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response
 from .ledger import Ledger
 from .metrics import Metrics
-from .proxy import Proxy
+from .limits import LocalLimiter
+from .limits_redis import RedisLimiter
+from .proxy import RATE_LIMIT_HEADERS, Proxy
 from .router import Router
 from .store import Store
 from .upstream import Upstream
@@ -45,7 +47,7 @@ _CORS_EXPOSE = (
 _OPS_PATHS = ("/metrics", "/healthz", "/status")
 
 
-def build_app(cfg: Config) -> web.Application:
+def build_app(cfg: Config, workers: int = 1) -> web.Application:
     for i, ch in enumerate(cfg.channels):
         try:
             adapter_for(ch.type)
@@ -59,7 +61,8 @@ def build_app(cfg: Config) -> web.Application:
     ledger = Ledger(store, cfg.ledger, metrics)
     keys = KeyCache(store)
     balances = Balances()
-    proxy = Proxy(cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances)
+    limiter = _limiter(cfg, workers)
+    proxy = Proxy(cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter)
     ops = web_ops.OpsDeps(metrics, router, store)
 
     app = web.Application(
@@ -72,6 +75,8 @@ def build_app(cfg: Config) -> web.Application:
     app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        if isinstance(limiter, RedisLimiter):
+            await limiter.start()  # an unreachable Redis stops the start with one clear line
         await store.open()
         config_keys = [config_key_record(k) for k in cfg.client_keys]
         for record in config_keys:
@@ -85,6 +90,8 @@ def build_app(cfg: Config) -> web.Application:
         yield
         await keys.close()
         await ledger.close()
+        if isinstance(limiter, RedisLimiter):
+            await limiter.close()
         await upstream.close()
         await store.close()
 
@@ -97,6 +104,17 @@ def build_app(cfg: Config) -> web.Application:
     web_admin.add_routes(app, web_admin.AdminDeps(cfg, store, keys, balances))
     app.on_shutdown.append(drain)
     return app
+
+
+def _limiter(cfg: Config, workers: int) -> LocalLimiter | RedisLimiter:
+    if cfg.limits.backend == "redis":
+        return RedisLimiter(cfg.limits.redis_url, fail_open=cfg.limits.fail_open, timeout=cfg.limits.timeout)
+    if workers > 1:
+        log.warning(
+            "limits.backend is local with %d workers: each worker enforces 1/%d of every key's limits "
+            "(set limits.backend: redis for exact shared limits)", workers, workers,
+        )
+    return LocalLimiter(share=workers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -152,6 +170,9 @@ def _response_headers(origins: tuple[str, ...]) -> Callable[[web.Request, web.St
         rid = request.get(web_api.REQUEST_ID)
         if rid:
             response.headers["x-request-id"] = rid
+        limits = request.get(RATE_LIMIT_HEADERS)
+        if limits:
+            response.headers.update(limits)
         origin = request.headers.get("Origin")
         if not origin or request.path.startswith("/admin") or request.path in _OPS_PATHS:
             return
@@ -171,10 +192,10 @@ def _response_headers(origins: tuple[str, ...]) -> Callable[[web.Request, web.St
 
 
 async def start(
-    cfg: Config, host: str | None = None, port: int | None = None, *, reuse_port: bool = False,
+    cfg: Config, host: str | None = None, port: int | None = None, *, reuse_port: bool = False, workers: int = 1,
 ) -> tuple[web.AppRunner, str]:
     """Start serving; returns the runner (await runner.cleanup() to stop) and the base URL."""
-    app = build_app(cfg)
+    app = build_app(cfg, workers)
     # handler_cancellation: a client that goes away cancels its handler, which closes the upstream at once
     # keepalive_timeout also runs from the moment a connection opens: a client that has not sent a whole
     # request (headers included) by then is disconnected, so slow senders cannot hold connections.
@@ -194,11 +215,11 @@ async def start(
     return runner, f"http://{host or cfg.server.host}:{bound}"
 
 
-async def _serve(cfg: Config, host: str, port: int, reuse_port: bool) -> None:
+async def _serve(cfg: Config, host: str, port: int, workers: int) -> None:
     # The tokenizer (for usage the upstream did not report) takes ~0.5 s to load and holds the GIL while
     # it does: load it before serving, not on the first request that needs it.
     tokens.preload()
-    runner, url = await start(cfg, host, port, reuse_port=reuse_port)
+    runner, url = await start(cfg, host, port, reuse_port=workers > 1, workers=workers)
     models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
     log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)
     gc.freeze()  # what startup built lives for the whole run: keep it out of every collection
@@ -228,7 +249,7 @@ def run(cfg: Config, host: str | None = None, port: int | None = None, workers: 
         log.info("channel %s has no keys set: skipped", name)
     _check_port(host, port, reuse_port=workers > 1)
     if workers <= 1:
-        _run_loop(_serve(cfg, host, port, reuse_port=False))
+        _run_loop(_serve(cfg, host, port, 1))
         return 0
     return _run_workers(cfg, host, port, workers)
 
@@ -251,7 +272,7 @@ def _run_workers(cfg: Config, host: str, port: int, workers: int) -> int:
         if pid == 0:
             code = 0
             try:
-                _run_loop(_serve(cfg, host, port, reuse_port=True))
+                _run_loop(_serve(cfg, host, port, workers))
             except BaseException:  # noqa: BLE001
                 log.exception("worker failed")
                 code = 1

@@ -21,11 +21,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .errors import RateLimited
 from .types import KeyRecord
 
-__all__ = ["NAMES", "TOKEN_BUCKETS", "WINDOWS", "Decision", "Limits", "LocalLimiter", "decide", "format_duration", "plan"]
+__all__ = ["Limiter", "NAMES", "TOKEN_BUCKETS", "WINDOWS", "Decision", "Limits", "LocalLimiter", "decide", "format_duration", "plan"]
 
 NAMES = ("rpm", "rpd", "tpm", "tpd", "ipm")
 WINDOWS = {"rpm": 60.0, "rpd": 86_400.0, "tpm": 60.0, "tpd": 86_400.0, "ipm": 60.0}
@@ -188,6 +189,14 @@ class _Bucket:
         if self.level > cap:  # full (or the limit was lowered)
             self.level = cap
         return self.level
+
+
+class Limiter(Protocol):
+    """What the request path needs of a limiter; LocalLimiter and limits_redis.RedisLimiter provide it."""
+
+    async def acquire(self, key_id: str, limits: Limits, tokens: int, images: int = 0) -> Decision: ...
+
+    def settle(self, key_id: str, limits: Limits, estimated_tokens: int, actual_tokens: int) -> None: ...
 
 
 class LocalLimiter:

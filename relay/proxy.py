@@ -1,6 +1,6 @@
 """The relay pipeline, the one module that knows every step:
 
-    reserve the worst-case cost -> route (channel, account) -> adapter builds the upstream request
+    rate limits -> reserve the worst-case cost -> route (channel, account) -> adapter builds the upstream request
         -> upstream I/O -> passthrough or translated stream -> usage -> settle -> ledger -> metrics
 
 Failover happens only before the first byte reaches the client: until then a failed attempt moves on to
@@ -22,6 +22,7 @@ from .billing import Balances, Pricing, Reservation
 from .config import Config
 from .errors import RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
 from .ledger import Ledger
+from .limits import Limiter, Limits
 from .metrics import Metrics
 from .router import Account, Router
 from .sse import EventTooLarge
@@ -29,7 +30,10 @@ from .types import KeyRecord, RelayRequest, Usage, UsageRecord
 from .upstream import READ_ERRORS, Upstream, UpstreamResponse
 from .usage import estimate_prompt_tokens, usage_when_missing
 
-__all__ = ["Proxy"]
+__all__ = ["RATE_LIMIT_HEADERS", "Proxy"]
+
+# The x-ratelimit-* headers of the request's key, added to whatever response it gets.
+RATE_LIMIT_HEADERS = web.RequestKey("rate_limit_headers", dict)
 
 log = logging.getLogger("relay.proxy")
 
@@ -46,6 +50,7 @@ class _Trace:
 
     __slots__ = (
         "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
+        "limits", "limit_tokens",
     )
 
     def __init__(self) -> None:
@@ -58,14 +63,18 @@ class _Trace:
         self.ttft: float | None = None
         self.completion_tokens: int | None = None  # counted from delivered text when usage is missing
         self.reservation: Reservation | None = None
+        self.limits: Limits | None = None  # the key's limits, when it has any (settled at the end)
+        self.limit_tokens = 0  # the token estimate the limits admitted
 
 
 class Proxy:
     def __init__(
         self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics,
-        pricing: Pricing, balances: Balances,
+        pricing: Pricing, balances: Balances, limiter: Limiter,
     ) -> None:
         self._retry = cfg.retry
+        self._limiter = limiter
+        self._max_output = cfg.billing.max_output_tokens
         self._pricing = pricing
         self._balances = balances
         self._router = router
@@ -102,8 +111,18 @@ class Proxy:
         try:
             price = self._pricing.price(req.model)
             multiplier = self._pricing.multiplier(req.key.group)
-            worst = self._pricing.worst_case(price, req, estimate_prompt_tokens(req)) * multiplier
+            prompt = estimate_prompt_tokens(req)
+            worst = self._pricing.worst_case(price, req, prompt) * multiplier
             trace.reservation = self._balances.reserve(req.key, worst, price, multiplier)
+            limits = Limits.of(req.key)
+            if limits.any:
+                trace.limit_tokens = prompt + self._output_estimate(req)
+                decision = await self._limiter.acquire(req.key.id, limits, trace.limit_tokens, _images(req))
+                if decision.headers:
+                    request[RATE_LIMIT_HEADERS] = decision.headers
+                if not decision.allowed:
+                    raise decision.error()
+                trace.limits = limits
             return await self._attempts(request, req, trace)
         except RelayError as e:
             trace.status = e.status
@@ -281,6 +300,13 @@ class Proxy:
         finally:
             resp.close()
 
+    def _output_estimate(self, req: RelayRequest) -> int:
+        if req.endpoint not in ("chat/completions", "completions"):
+            return 0
+        body = req.json or {}
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        return limit if isinstance(limit, int) and limit >= 0 else self._max_output
+
     # -- accounting ---------------------------------------------------------------------------------------
 
     def record_rejected(
@@ -301,6 +327,8 @@ class Proxy:
         usage = trace.usage
         if usage is None:
             usage = usage_when_missing(req, trace.completion_tokens) if trace.status and trace.status < 400 else Usage()
+        if trace.limits is not None:
+            self._limiter.settle(req.key.id, trace.limits, trace.limit_tokens, usage.total_tokens)
         cost = 0.0
         r = trace.reservation
         if r is not None:
@@ -330,6 +358,13 @@ class Proxy:
             req.model, trace.channel, trace.status or 500, latency, trace.ttft,
             usage.prompt_tokens, usage.completion_tokens,
         )
+
+
+def _images(req: RelayRequest) -> int:
+    if req.endpoint != "images/generations":
+        return 0
+    n = (req.json or {}).get("n", 1)
+    return n if isinstance(n, int) and n > 0 else 1
 
 
 async def _try_write(out: web.StreamResponse, data: bytes) -> None:
