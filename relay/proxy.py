@@ -11,6 +11,7 @@ whatever its outcome, leaves exactly one ledger row (a refused one through `reco
 from __future__ import annotations
 
 import asyncio
+import math
 import logging
 import time
 
@@ -50,7 +51,7 @@ class _Trace:
 
     __slots__ = (
         "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
-        "limits", "limit_tokens",
+        "limits", "limit_tokens", "acc",
     )
 
     def __init__(self) -> None:
@@ -64,7 +65,8 @@ class _Trace:
         self.completion_tokens: int | None = None  # counted from delivered text when usage is missing
         self.reservation: Reservation | None = None
         self.limits: Limits | None = None  # the key's limits, when it has any (settled at the end)
-        self.limit_tokens = 0  # the token estimate the limits admitted
+        self.limit_tokens = 0  # the token estimate the limits (and the account's budget) admitted
+        self.acc: Account | None = None  # the account of the last attempt
 
 
 class Proxy:
@@ -114,9 +116,9 @@ class Proxy:
             prompt = estimate_prompt_tokens(req)
             worst = self._pricing.worst_case(price, req, prompt) * multiplier
             trace.reservation = self._balances.reserve(req.key, worst, price, multiplier)
+            trace.limit_tokens = prompt + self._output_estimate(req)
             limits = Limits.of(req.key)
             if limits.any:
-                trace.limit_tokens = prompt + self._output_estimate(req)
                 decision = await self._limiter.acquire(req.key.id, limits, trace.limit_tokens, _images(req))
                 if decision.headers:
                     request[RATE_LIMIT_HEADERS] = decision.headers
@@ -143,10 +145,11 @@ class Proxy:
         for attempt in range(self._retry.attempts):
             if attempt and time.monotonic() >= deadline:
                 break
-            account = self._router.pick(req.model, tried)
+            account = self._router.pick(req.model, tried, trace.limit_tokens)
             if account is None:
                 break
             tried.add(account)
+            trace.acc = account
             trace.channel, trace.account, trace.attempts = account.channel.name, account.index, attempt + 1
             adapter = adapter_for(account.channel.type)
             try:
@@ -168,7 +171,7 @@ class Proxy:
             if wait is not None:
                 return RateLimited(
                     f"Every upstream account for model '{req.model}' is rate limited; retry in {wait:.0f}s.",
-                    headers={"Retry-After": str(max(1, round(wait)))},
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
                 )
             return UpstreamUnavailable(f"No upstream account is available for model '{req.model}'.")
         if last.kind == "timeout":
@@ -177,7 +180,7 @@ class Proxy:
             wait = self._router.retry_after(req.model) or last.retry_after or self._retry.cooldown
             return RateLimited(
                 "The upstream is rate limiting every account for this model; retry later.",
-                headers={"Retry-After": str(max(1, round(wait)))},
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         return UpstreamUnavailable(f"The upstream failed: {last.reason}.", status=502, code="upstream_error")
 
@@ -329,6 +332,8 @@ class Proxy:
             usage = usage_when_missing(req, trace.completion_tokens) if trace.status and trace.status < 400 else Usage()
         if trace.limits is not None:
             self._limiter.settle(req.key.id, trace.limits, trace.limit_tokens, usage.total_tokens)
+        if trace.acc is not None:
+            self._router.settle_budget(trace.acc, trace.limit_tokens, usage.total_tokens)
         cost = 0.0
         r = trace.reservation
         if r is not None:

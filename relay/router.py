@@ -2,7 +2,8 @@
 
 For a model, accounts are grouped in priority tiers (higher first). Within a tier, a precomputed smooth
 weighted round-robin sequence is walked with one cursor, skipping accounts that rest (cooldown), were
-refused (disabled) or were already tried for this request. A pick is O(1) while accounts are healthy.
+refused (disabled), were already tried for this request, or have spent their upstream budget (the
+channel's rpm/tpm, as token buckets per account). A pick is O(1) while accounts are healthy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .config import ChannelConfig, RetryConfig
 from .errors import UpstreamFailure
+from .limits import Limits, LocalLimiter
 from .types import Target
 
 __all__ = ["Account", "Router"]
@@ -29,6 +31,7 @@ class Account:
     cooldown_until: float = 0.0
     failures: int = 0  # consecutive soft failures (5xx, connect, timeout)
     disabled: bool = False
+    budget: Limits = field(default_factory=Limits)  # the channel's rpm/tpm for each of its accounts
 
     @property
     def label(self) -> str:
@@ -65,10 +68,13 @@ class Router:
     ) -> None:
         self._retry = retry
         self._clock = clock
+        self._budgets = LocalLimiter(clock)
+        self._budget_wait: dict[str, float] = {}  # model -> when its budgets, all spent, next admit one
         self.accounts: list[Account] = []
         by_model: dict[str, dict[int, list[tuple[Account, int]]]] = {}
         for ch in channels:
-            accs = [Account(ch, i, k) for i, k in enumerate(ch.keys)]
+            budget = Limits(rpm=ch.rpm, tpm=ch.tpm)
+            accs = [Account(ch, i, k, budget=budget) for i, k in enumerate(ch.keys)]
             self.accounts.extend(accs)
             for model in ch.models:
                 tiers = by_model.setdefault(model, {})
@@ -84,8 +90,12 @@ class Router:
     def serves(self, model: str) -> bool:
         return model in self._tiers
 
-    def pick(self, model: str, exclude: set[Account] | frozenset[Account] = frozenset()) -> Account | None:
+    def pick(
+        self, model: str, exclude: set[Account] | frozenset[Account] = frozenset(), tokens: int = 0
+    ) -> Account | None:
+        """The next account for `model` (taking one request and `tokens` from its budget), or None."""
         now = self._clock()
+        wait: float | None = None
         for tier in self._tiers.get(model, ()):
             seq = tier.seq
             n = len(seq)
@@ -94,12 +104,23 @@ class Router:
                 acc = seq[(start + k) % n]
                 if acc.disabled or acc.cooldown_until > now or acc in exclude:
                     continue
+                if acc.budget.any:
+                    d = self._budgets.try_acquire(acc.label, acc.budget, tokens)
+                    if not d.allowed:
+                        wait = d.retry_after if wait is None else min(wait, d.retry_after)
+                        continue
                 tier.cursor = (start + k + 1) % n
                 return acc
+        if wait is not None:
+            self._budget_wait[model] = now + wait
         return None
 
+    def settle_budget(self, acc: Account, estimated_tokens: int, actual_tokens: int) -> None:
+        if acc.budget.tokens:
+            self._budgets.settle(acc.label, acc.budget, estimated_tokens, actual_tokens)
+
     def retry_after(self, model: str) -> float | None:
-        """Seconds until the first resting account of the model is back (None: none will be)."""
+        """Seconds until the first resting or budget-spent account of the model is back (None: none will be)."""
         now = self._clock()
         waits = [
             a.cooldown_until - now
@@ -107,6 +128,9 @@ class Router:
             for a in tier.seq
             if not a.disabled and a.cooldown_until > now
         ]
+        budget = self._budget_wait.get(model)
+        if budget is not None and budget > now:
+            waits.append(budget - now)
         return min(waits) if waits else None
 
     @staticmethod

@@ -114,3 +114,23 @@ def test_model_map_and_unknown_model() -> None:
     acc = r.pick("pub")
     assert acc is not None and r.target(acc, "pub").upstream_model == "upstream-name"
     assert r.pick("other") is None and not r.serves("other")
+
+
+def test_account_budget_skips_a_spent_account_and_reports_when_one_is_back() -> None:
+    clock = Clock()
+    ch = ChannelConfig(name="a", type="openai", base_url="http://x", keys=("k0", "k1"), models=("m",), rpm=2, tpm=1000)
+    r = Router([ch], RetryConfig(), clock)
+    assert picks(r, 4) == {"a#0": 2, "a#1": 2}
+    assert r.pick("m") is None
+    wait = r.retry_after("m")
+    assert wait is not None and 29 < wait <= 30  # one request of 2 per minute refills in 30 s
+    clock.now += 30
+    assert r.pick("m") is not None
+    # tokens: an estimate larger than what is left skips the account; a settle refunds the unused part
+    clock.now += 1000
+    a0 = r.pick("m", tokens=900)
+    assert a0 is not None
+    assert r.pick("m", {a0}, tokens=900) is not None  # the other account
+    assert r.pick("m", tokens=900) is None
+    r.settle_budget(a0, 900, 100)  # the request used 100 of the 900 it was admitted on
+    assert r.pick("m", tokens=800) is a0
