@@ -70,7 +70,14 @@ QUICK = {
     "rounds": 2,
 }
 
-TARGETS = ("direct", "baseline", "relay")
+TARGETS = ("direct", "baseline", "relay", "relay+limits", "relay+redis")
+# relay/baseline CPU per non-stream request of the core relay (auth, ledger, metrics; before billing and
+# rate limits), from the full run recorded at commit 41a8cb8: billing and the key store may add at most 10 %.
+CORE_NS_RATIO = 1.19
+MAX_LIMITS_CPU_ADDED = 0.05
+REDIS_URL = os.environ.get("RELAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+# Limits high enough never to refuse: the buckets are checked and charged on every request all the same.
+BENCH_LIMITS = ("--rpm", "100000000", "--rpd", "1000000000", "--tpm", "100000000000", "--tpd", "1000000000000")
 # Targets (all must hold for a pass).
 MAX_CPU_RATIO = 1.5
 MAX_ADDED_TTFB_P99_MS = 5.0
@@ -268,10 +275,12 @@ def start_baseline(logdir: Path, name: str, upstream: Proc) -> Proc:
     return proc
 
 
-def start_relay(logdir: Path, name: str, upstream: Proc) -> Proc:
+def start_relay(logdir: Path, name: str, upstream: Proc, redis: bool = False) -> tuple[Proc, str]:
+    """Start a relay; returns it and a second client key that carries rate limits (never reached)."""
     port = free_port()
     cfg = logdir / f"{name}.yaml"
     db = logdir / f"{name}.db"
+    limits = "limits: {backend: redis, redis_url: %s}\n" % json.dumps(REDIS_URL) if redis else ""
     cfg.write_text(
         "server: {host: 127.0.0.1, port: %d}\n"
         "database: %s\n"
@@ -284,12 +293,29 @@ def start_relay(logdir: Path, name: str, upstream: Proc) -> Proc:
         "    keys: [k1, k2, k3]\n"
         "    models: [demo]\n"
         "prices: {demo: {input: 1, output: 2}}\n"
-        "log_level: warning\n" % (port, json.dumps(str(db)), CLIENT_KEY, upstream.port)
+        "%s"
+        "log_level: warning\n" % (port, json.dumps(str(db)), CLIENT_KEY, upstream.port, limits)
     )
+    made = subprocess.run(
+        [PY, "-m", "relay", "keys", "create", "--config", str(cfg), "--name", "limited", *BENCH_LIMITS],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    limited_key = made.stdout.strip().splitlines()[-1]
     argv = [PY, "-m", "relay", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
     proc = Proc(name, argv, CPU_SUT, logdir, port)
     proc.wait_ready("/healthz", timeout=60.0)
-    return proc
+    return proc, limited_key
+
+
+def redis_reachable() -> bool:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(REDIS_URL)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- load phases
@@ -602,6 +628,7 @@ def relay_checks(results: dict[str, TargetResult], prm: dict) -> dict:
         return r / b, r, b
 
     q, r, b = ratio(10_000, "ns")
+    q_ns = q
     checks["cpu_nonstream"] = (
         q is not None and q <= MAX_CPU_RATIO and relay.ns.get("errors", 1) == 0,
         f"relay CPU per non-stream request <= {MAX_CPU_RATIO}x baseline: "
@@ -624,6 +651,33 @@ def relay_checks(results: dict[str, TargetResult], prm: dict) -> dict:
         f"{_f(added)} ms (median of per-round differences; pooled p99 difference {_f(pooled)} ms; "
         f"added TTFT p99 {_f(added_ttft)} ms)",
     )
+    if q_ns is not None:
+        checks["billing"] = (
+            q_ns <= CORE_NS_RATIO * 1.10,
+            f"relay CPU per request with billing and the key store on within 10 % of the core's: "
+            f"{_f(q_ns)}x baseline vs the core's {CORE_NS_RATIO:g}x ({_f((q_ns / CORE_NS_RATIO - 1) * 100, 1)} %)",
+        )
+    limited = results.get("relay+limits")
+    if limited:
+        r_cpu, l_cpu = cpu_per(relay.ns, 10_000), cpu_per(limited.ns, 10_000)
+        if r_cpu and l_cpu:
+            added_cpu = l_cpu / r_cpu - 1
+            checks["limits_cpu"] = (
+                added_cpu <= MAX_LIMITS_CPU_ADDED and limited.ns.get("errors", 1) == 0,
+                f"in-process rate limits add <= {MAX_LIMITS_CPU_ADDED * 100:g} % CPU per request: "
+                f"{_f(l_cpu, 3)} vs {_f(r_cpu, 3)} CPU s / 10k requests = {_f(added_cpu * 100, 1)} %",
+            )
+    redis = results.get("relay+redis")
+    if redis and limited:
+        p50 = redis.ns.get("lat_p50_ms"), limited.ns.get("lat_p50_ms")
+        p99 = redis.ns.get("lat_p99_ms"), limited.ns.get("lat_p99_ms")
+        if None not in p50 and None not in p99:
+            checks["redis_latency"] = (
+                redis.ns.get("errors", 1) == 0,
+                f"Redis limits backend, added latency vs in-process limits (non-stream, reported): "
+                f"p50 {_f(p50[0] - p50[1])} ms, p99 {_f(p99[0] - p99[1])} ms; "
+                f"CPU {_f(cpu_per(redis.ns, 10_000), 3)} CPU s / 10k requests",
+            )
     s = relay.slow
     n = prm["slow_streams"]
     if s:
@@ -662,7 +716,10 @@ def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dic
         f"Process under test pinned to CPU {CPU_SUT}; fake upstream, load generator (aiohttp client, uvloop, "
         f"keep-alive, separate process) on CPU {CPU_AUX}. Targets: *direct* = load generator straight to the "
         "fake upstream; *baseline* = minimal aiohttp passthrough proxy (`bench/baseline_proxy.py`); *relay* = "
-        "`python -m relay serve` with client-key auth, SQLite ledger and metrics on. "
+        "`python -m relay serve` with client-key auth from the key store, billing (a priced model: reserve, then "
+        "settle), SQLite ledger and metrics on; *relay+limits* = the same relay process with a key that has rpm, "
+        "rpd, tpm and tpd limits (set too high to refuse: every bucket is checked and charged); *relay+redis* = "
+        "a second relay with the Redis limits backend and such a key. "
         f"Non-stream: {prm['ns_requests']:,} chat requests per target at concurrency {prm['ns_concurrency']}. "
         f"Stream: {prm['st_streams']:,} streams per target at {prm['st_concurrency']} concurrent (first "
         "streams staggered over one stream's duration), fake sends "
@@ -883,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
             WATCH_PIDS[:] = [fake.pid]
             log(f"fake upstream pid {fake.pid} on :{fake.port} (CPU {CPU_AUX})")
             tl: list[Target] = []
+            relay_proc: tuple[Proc, str] | None = None
             for t in (x for x in TARGETS if x in targets):
                 if t == "direct":
                     tl.append(Target(t, fake.port, UPSTREAM_KEY, fake.pid))
@@ -890,10 +948,22 @@ def main(argv: list[str] | None = None) -> int:
                 if t == "baseline":
                     srv = start_baseline(logdir, "baseline", fake)
                     tl.append(Target(t, srv.port, UPSTREAM_KEY, srv.pid))
+                elif t in ("relay", "relay+limits"):
+                    # one relay process: the unlimited key, then a key with rate limits on the same process
+                    if relay_proc is None:
+                        relay_proc = start_relay(logdir, "relay", fake)
+                        started.append(relay_proc[0])
+                        notes += _check_relay_features(relay_proc[0].port)
+                    srv, limited = relay_proc
+                    tl.append(Target(t, srv.port, CLIENT_KEY if t == "relay" else limited, srv.pid))
+                    log(f"{t} pid {srv.pid} on :{srv.port} (CPU {CPU_SUT})")
+                    continue
                 else:
-                    srv = start_relay(logdir, "relay", fake)
-                    tl.append(Target(t, srv.port, CLIENT_KEY, srv.pid))
-                    notes += _check_relay_features(srv.port)
+                    if not redis_reachable():
+                        notes.append(f"relay+redis not measured: no Redis at {REDIS_URL}")
+                        continue
+                    srv, limited = start_relay(logdir, "relay-redis", fake, redis=True)
+                    tl.append(Target(t, srv.port, limited, srv.pid))
                 started.append(srv)
                 log(f"{t} pid {srv.pid} on :{srv.port} (CPU {CPU_SUT})")
             results = bench_interleaved(tl, prm, log)
@@ -922,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
                         srv = start_baseline(logdir, "baseline-slow", slow_fake)
                         key = UPSTREAM_KEY
                     else:
-                        srv = start_relay(logdir, "relay-slow", slow_fake)
+                        srv, _ = start_relay(logdir, "relay-slow", slow_fake)
                         key = CLIENT_KEY
                     started.append(srv)
                     try:

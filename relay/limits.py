@@ -191,6 +191,35 @@ class _Bucket:
         return self.level
 
 
+class _Shape:
+    """What a set of limits asks of every request, worked out once: buckets in NAMES order as (name,
+    capacity, window, kind), and which bucket speaks for the request and token headers."""
+
+    __slots__ = ("buckets", "_speakers")
+
+    def __init__(self, limits: Limits, share: int) -> None:
+        self.buckets = tuple(
+            (name, cap, window, name[0]) for name, cap, window, _ in plan(limits, 0, 0, share)
+        )
+        speakers = []
+        for unit, kind in (("requests", "r"), ("tokens", "t")):
+            for i, (_, cap, window, k) in enumerate(self.buckets):
+                if k == kind:
+                    speakers.append((i, cap, window, str(cap), "x-ratelimit-limit-" + unit,
+                                     "x-ratelimit-remaining-" + unit, "x-ratelimit-reset-" + unit))
+                    break
+        self._speakers = tuple(speakers)
+
+    def headers(self, levels: list[float]) -> dict[str, str]:
+        h: dict[str, str] = {}
+        for i, cap, window, cap_text, limit_name, remaining_name, reset_name in self._speakers:
+            level = levels[i]
+            h[limit_name] = cap_text
+            h[remaining_name] = str(int(level + EPS)) if level > 0 else "0"
+            h[reset_name] = format_duration((cap - level) * window / cap) if cap else "0s"
+        return h
+
+
 class Limiter(Protocol):
     """What the request path needs of a limiter; LocalLimiter and limits_redis.RedisLimiter provide it."""
 
@@ -207,6 +236,7 @@ class LocalLimiter:
         self._clock = clock
         self._share = max(1, share)
         self._keys: dict[str, dict[str, _Bucket]] = {}
+        self._shapes: dict[Limits, _Shape] = {}  # bounded by the distinct limit sets in use
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -218,25 +248,35 @@ class LocalLimiter:
         """`acquire` without the coroutine: nothing here waits."""
         if not limits.any:
             return Decision(True)
-        specs = plan(limits, tokens, images, self._share)
+        shape = self._shapes.get(limits)
+        if shape is None:
+            shape = self._shapes[limits] = _Shape(limits, self._share)
         now = self._clock()
         buckets = self._keys.get(key_id)
         if buckets is None:
             buckets = self._keys[key_id] = {}
         levels: list[float] = []
-        for name, cap, window, _ in specs:
+        fits = True
+        for name, cap, window, kind in shape.buckets:
             b = buckets.get(name)
             if b is None:
                 b = buckets[name] = _Bucket(float(cap), now)
-            levels.append(b.refill(now, cap, window))
-        refused, wait = _refusal(specs, levels)
-        if refused < 0:
-            for i, (name, _, _, amount) in enumerate(specs):
-                if amount:
-                    b = buckets[name]
-                    b.level -= amount
-                    levels[i] = b.level
-        return decide(specs, levels, refused, wait)
+            level = b.refill(now, cap, window)
+            levels.append(level)
+            amount = 1 if kind == "r" else tokens if kind == "t" else images
+            if amount > cap or amount - level > EPS:
+                fits = False
+        if not fits:  # the rare path: say which bucket refused, how long to wait, and why
+            specs = plan(limits, tokens, images, self._share)
+            refused, wait = _refusal(specs, levels)
+            return decide(specs, levels, refused, wait)
+        for i, (name, _, _, kind) in enumerate(shape.buckets):
+            amount = 1 if kind == "r" else tokens if kind == "t" else images
+            if amount:
+                b = buckets[name]
+                b.level -= amount
+                levels[i] = b.level
+        return Decision(True, None, 0.0, shape.headers(levels))
 
     def settle(self, key_id: str, limits: Limits, estimated_tokens: int, actual_tokens: int) -> None:
         """Correct the token buckets by (estimated - actual): a refund up to capacity, or a debt."""

@@ -1,6 +1,6 @@
 """The relay pipeline, the one module that knows every step:
 
-    rate limits -> reserve the worst-case cost -> route (channel, account) -> adapter builds the upstream request
+    reserve the worst-case cost -> rate limits -> route (channel, account) -> adapter builds the upstream request
         -> upstream I/O -> passthrough or translated stream -> usage -> settle -> ledger -> metrics
 
 Failover happens only before the first byte reaches the client: until then a failed attempt moves on to
