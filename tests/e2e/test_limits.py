@@ -237,3 +237,33 @@ async def add_key_fresh(database: Path, config: Path) -> str:
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     return out.decode().strip().splitlines()[-1]
+
+
+def test_local_limits_with_several_workers_say_each_enforces_its_share(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:9/v1", backend="local")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        said = ""
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            if "limits.backend is local with 2 workers" in line:
+                said = line
+                break
+        assert "each worker enforces 1/2 of every key's limits" in said
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

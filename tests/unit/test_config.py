@@ -74,6 +74,11 @@ def test_shipped_config_loads_without_any_provider_key() -> None:
         ({"channels": {"a": 1}}, "channels"),
         ({"client_keys": [{"name": "x", "sha256": "abc"}]}, "client_keys[0].sha256"),
         ({"log_level": "loud"}, "log_level"),
+        ({"limits": {"backend": "memcached"}}, "limits.backend"),
+        ({"limits": {"redis_url": "http://127.0.0.1:6379"}}, "limits.redis_url"),
+        ({"prices": {"m": {"input": -1}}}, "prices.m.input"),
+        ({"prices": {"m": {"per_token": 1}}}, "prices.m.per_token"),
+        ({"billing": {"groups": {"vip": "cheap"}}}, "billing.groups.vip"),
     ],
 )
 def test_errors_name_the_yaml_path(raw: dict[str, object], path: str) -> None:
