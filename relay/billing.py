@@ -64,16 +64,10 @@ class Pricing:
 
     def worst_case(self, price: PriceConfig, req: RelayRequest, prompt_tokens: int) -> float:
         """The most this request can cost before the group multiplier."""
-        if price.free:
-            return 0.0
+        fixed = self._fixed_cost(price, req)
+        if fixed is not None:
+            return fixed
         body: Mapping[str, Any] = req.json or {}
-        if req.endpoint == "images/generations":
-            return _int(body.get("n"), 1) * _image_price(price, body)
-        if req.endpoint == "audio/speech":
-            text = body.get("input")
-            return len(text) * price.characters / 1e6 if isinstance(text, str) else 0.0
-        if req.form:
-            return self._upload_minutes(req) * price.minute
         prompt = prompt_tokens * _PROMPT_MARGIN * price.input / 1e6
         if req.endpoint in ("embeddings", "moderations"):
             return prompt
@@ -83,6 +77,19 @@ class Pricing:
 
     def cost(self, price: PriceConfig, req: RelayRequest, usage: Usage) -> float:
         """What the request actually cost, before the group multiplier."""
+        fixed = self._fixed_cost(price, req)
+        if fixed is not None:
+            return fixed
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        cached_price = price.input if price.cached_input is None else price.cached_input
+        return (
+            (usage.prompt_tokens - cached) * price.input
+            + cached * cached_price
+            + usage.completion_tokens * price.output
+        ) / 1e6
+
+    def _fixed_cost(self, price: PriceConfig, req: RelayRequest) -> float | None:
+        """The cost of requests priced by what they ask for, not by tokens: known before they run."""
         if price.free:
             return 0.0
         body: Mapping[str, Any] = req.json or {}
@@ -93,13 +100,7 @@ class Pricing:
             return len(text) * price.characters / 1e6 if isinstance(text, str) else 0.0
         if req.form:
             return self._upload_minutes(req) * price.minute
-        cached = min(usage.cached_tokens, usage.prompt_tokens)
-        cached_price = price.input if price.cached_input is None else price.cached_input
-        return (
-            (usage.prompt_tokens - cached) * price.input
-            + cached * cached_price
-            + usage.completion_tokens * price.output
-        ) / 1e6
+        return None
 
     @staticmethod
     def _upload_minutes(req: RelayRequest) -> float:
