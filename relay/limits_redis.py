@@ -133,6 +133,10 @@ class RedisLimiter:
         await self._redis.aclose()
         await self._redis.connection_pool.disconnect()
 
+    def try_acquire(self, key_id: str, limits: Limits, tokens: int, images: int = 0) -> Decision | None:
+        """Redis must be asked: never answered without a round trip (see `acquire`)."""
+        return None if limits.any else Decision(True)
+
     async def acquire(self, key_id: str, limits: Limits, tokens: int, images: int = 0) -> Decision:
         if not limits.any:
             return Decision(True)

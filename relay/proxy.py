@@ -119,7 +119,10 @@ class Proxy:
             trace.limit_tokens = prompt + self._output_estimate(req)
             limits = Limits.of(req.key)
             if limits.any:
-                decision = await self._limiter.acquire(req.key.id, limits, trace.limit_tokens, _images(req))
+                images = _images(req)
+                decision = self._limiter.try_acquire(req.key.id, limits, trace.limit_tokens, images)
+                if decision is None:
+                    decision = await self._limiter.acquire(req.key.id, limits, trace.limit_tokens, images)
                 if decision.headers:
                     request[RATE_LIMIT_HEADERS] = decision.headers
                 if not decision.allowed:
