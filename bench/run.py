@@ -1019,13 +1019,14 @@ def main(argv: list[str] | None = None) -> int:
             started.clear()
             if "relay" in targets:
                 rows = ledger_rows(logdir / "relay.db")
-                r = results.get("relay")
-                sent = (r.ns.get("ok", 0) + r.st.get("ok", 0)) if r else 0
-                warm = prm["ns_warmup"] + prm["st_warmup"] + prm["rounds"] * prm["round_warmup"] * (
-                    prm["ns_concurrency"] + prm["st_concurrency"])
+                # the relay and relay+limits targets share one relay process and its ledger
+                shared = [results[t] for t in ("relay", "relay+limits") if t in results]
+                sent = sum(r.ns.get("ok", 0) + r.st.get("ok", 0) for r in shared)
+                warm = len(shared) * (prm["ns_warmup"] + prm["st_warmup"] + prm["rounds"] * prm["round_warmup"] * (
+                    prm["ns_concurrency"] + prm["st_concurrency"]))
                 notes.append(
                     f"relay ledger holds {rows} usage rows after the run ({sent} measured requests "
-                    f"+ {warm} warm-up requests sent)"
+                    f"+ {warm} warm-up requests sent, relay and relay+limits together)"
                 )
 
             slow_targets = [t for t in ("baseline", "relay") if t in targets] if not args.no_slow else []
