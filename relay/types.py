@@ -106,6 +106,7 @@ class Target:
     api_key: str
     upstream_model: str
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    api_version: str | None = None  # azure: the channel's api-version
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from .anthropic import AnthropicAdapter
+from .azure import AzureAdapter
 from .base import Adapter, StreamHandler
+from .gemini import GeminiAdapter
 from .openai import OpenAIAdapter
 
 __all__ = ["Adapter", "StreamHandler", "adapter_for"]
 
-_ADAPTERS: dict[str, Adapter] = {"openai": OpenAIAdapter()}
+_ADAPTERS: dict[str, Adapter] = {
+    "openai": OpenAIAdapter(),
+    "azure": AzureAdapter(),
+    "anthropic": AnthropicAdapter(),
+    "gemini": GeminiAdapter(),
+}
 
 
 def adapter_for(channel_type: str) -> Adapter:
