@@ -310,6 +310,65 @@ def start_relay(logdir: Path, name: str, upstream: Proc, redis: bool = False) ->
     return proc, limited_key
 
 
+def start_fake_anthropic(logdir: Path) -> Proc:
+    """The test suite's fake Anthropic upstream (real wire format), as a server process."""
+    port = free_port()
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from aiohttp import web; "
+        "from tests.fakes.anthropic_upstream import build_app; "
+        "web.run_app(build_app(), host='127.0.0.1', port=int(sys.argv[2]), print=None, access_log=None)"
+    )
+    proc = Proc("fake-anthropic", [PY, "-c", code, str(ROOT), str(port)], CPU_AUX, logdir, port)
+    proc.wait_ready()
+    return proc
+
+
+def stream_events(port: int, key: str, model: str) -> int:
+    """SSE events (frames) the relay sends for one streamed answer of `model`."""
+    body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request(
+        _url(port), data=body, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().count(b"data:")
+
+
+def bench_translated(logdir: Path, prm: dict, log) -> dict:
+    """Relay CPU per 1,000 stream frames: passthrough (an openai channel) beside translated (anthropic)."""
+    fake = start_fake(logdir, "fake-tr", prm["st_chunks"], 0)
+    claude = start_fake_anthropic(logdir)
+    port = free_port()
+    cfg = logdir / "relay-tr.yaml"
+    cfg.write_text(
+        "server: {host: 127.0.0.1, port: %d}\n"
+        "database: %s\n"
+        "client_keys:\n  - {name: bench, key: %s}\n"
+        "channels:\n"
+        "  - {name: fake, type: openai, base_url: 'http://127.0.0.1:%d/v1', keys: [k1], models: [demo]}\n"
+        "  - {name: claude, type: anthropic, base_url: 'http://127.0.0.1:%d', keys: [ak1], models: [claude-bench]}\n"
+        "prices: {demo: {input: 1, output: 2}, claude-bench: {input: 3, output: 15}}\n"
+        "log_level: warning\n" % (port, json.dumps(str(logdir / "relay-tr.db")), CLIENT_KEY, fake.port, claude.port)
+    )
+    relay = Proc("relay-tr", [PY, "-m", "relay", "serve", "--config", str(cfg), "--port", str(port)],
+                 CPU_SUT, logdir, port)
+    out: dict = {}
+    try:
+        relay.wait_ready("/healthz", timeout=60.0)
+        n = prm["st_streams"]
+        for label, model in (("passthrough", "demo"), ("translated", "claude-bench")):
+            frames = stream_events(port, CLIENT_KEY, model)
+            run_load(_url(port), CLIENT_KEY, "stream", 200, 50, None, model=model)
+            r = run_load(_url(port), CLIENT_KEY, "stream", n, 50, relay.pid, model=model)
+            per_k = r["cpu_s"] / (r["ok"] * frames) * 1000 if r.get("ok") and frames else None
+            out[label] = {"frames": frames, "streams": r.get("ok"), "errors": r.get("errors"),
+                          "cpu_s": r.get("cpu_s"), "cpu_per_1k_frames": per_k}
+            log(f"[{label}] {r.get('ok')} streams of {frames} frames: relay CPU {_f(per_k, 4)} s / 1k frames")
+    finally:
+        for p in (relay, claude, fake):
+            p.stop()
+    return out
+
+
 def redis_reachable() -> bool:
     from urllib.parse import urlsplit
 
@@ -336,6 +395,7 @@ def run_load(
     stagger: float = 0.0,
     raw: bool = False,
     timeout: float = 240.0,
+    model: str = "demo",
 ) -> dict:
     """Run one load-generator process; measure CPU and peak RSS of the process under test.
 
@@ -347,7 +407,7 @@ def run_load(
     argv = [
         PY, "-m", "bench.load", "--url", url, "--key", key, "--mode", mode,
         "--requests", str(requests), "--concurrency", str(concurrency), "--ramp", str(ramp),
-        "--stagger", str(stagger), "--warmup", str(warmup),
+        "--stagger", str(stagger), "--warmup", str(warmup), "--model", model,
     ] + (["--raw"] if raw else [])
     tree: list[int] = []
     watch: list[int] = []
@@ -862,6 +922,22 @@ def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dic
             )
     if checks:
         L.append("")
+        tr = info.get("translated") or {}
+        if tr:
+            L.append("## Translated streams")
+            L.append("")
+            L.append(
+                f"One relay serving two channels, {prm['st_streams']:,} streams each at 50 concurrent: *passthrough* "
+                "(an openai channel: events forwarded as they are) and *translated* (an anthropic channel: each "
+                "Anthropic event parsed and rewritten as OpenAI chunks). Frames = SSE events the client receives "
+                "per stream."
+            )
+            L.append("")
+            L.append("| stream path | streams | frames / stream | relay CPU s / 1k frames |")
+            L.append("|---|---:|---:|---:|")
+            for label, r in tr.items():
+                L.append(f"| {label} | {r.get('streams')} | {r.get('frames')} | {_f(r.get('cpu_per_1k_frames'), 4)} |")
+            L.append("")
         L.append("## Targets")
         L.append("")
         for ok, text in checks.values():
@@ -971,6 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
         log("warning: fewer than 2 CPUs available, running without CPU pinning")
 
     results: dict[str, TargetResult] = {}
+    translated: dict = {}
     notes: list[str] = []
     started: list[Proc] = []
     interrupted = False
@@ -1048,6 +1125,8 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         srv.stop()
                         started.remove(srv)
+            if "relay" in targets:
+                translated = bench_translated(logdir, prm, log)
         except KeyboardInterrupt:
             interrupted = True
             log("interrupted")
@@ -1069,7 +1148,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     micro = run_micro() if any(t.startswith("relay") for t in targets) else {}
     checks = relay_checks(results, prm, micro)
-    info = {"date": date, "cpu_model": _cpu_model(), "wall_s": time.monotonic() - t0, "notes": notes}
+    info = {"date": date, "cpu_model": _cpu_model(), "wall_s": time.monotonic() - t0, "notes": notes,
+            "translated": translated}
     report = render(results, prm, args.quick, checks, info)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
