@@ -19,7 +19,7 @@ from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .billing import Balances, Pricing
 from .config import Config, ConfigError
-from .errors import InvalidRequest, NotFound, RelayError, error_response
+from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
 from .ledger import Ledger
 from .metrics import Metrics
 from .limits import LocalLimiter
@@ -134,7 +134,7 @@ def _errors_middleware() -> Callable[[web.Request, Handler], Awaitable[web.Strea
         try:
             return await handler(request)
         except RelayError as e:
-            return error_response(e)
+            return render_error(e, request.get(web_api.DIALECT, "openai"))
         except web.HTTPNotFound:
             return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))
         except web.HTTPMethodNotAllowed:
@@ -145,7 +145,7 @@ def _errors_middleware() -> Callable[[web.Request, Handler], Awaitable[web.Strea
             raise
         except Exception as e:  # noqa: BLE001 - the one place an unexpected error becomes a 500
             log.error("unhandled %s on %s %s", type(e).__name__, request.method, request.path, exc_info=e)
-            return error_response(RelayError("The relay failed to handle the request."))
+            return render_error(RelayError("The relay failed to handle the request."), request.get(web_api.DIALECT, "openai"))
 
     return middleware
 

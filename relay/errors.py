@@ -10,6 +10,10 @@
      +-- UpstreamUnavailable        502 / 503 / 504 after every attempt failed
     UpstreamFailure                 one attempt failed before any byte reached the client (proxy decides)
 
+Clients of the Anthropic-native endpoint (/v1/messages) get the same errors in Anthropic's shape
+(`{"type": "error", "error": {"type", "message"}}`, its error types by status): `render_error(err, dialect)`
+and `stream_error_event(..., dialect=...)` pick the shape.
+
 `UpstreamFailure` never reaches a client as such: the proxy turns the last one into an `UpstreamUnavailable`
 or, for a non-retryable upstream answer, forwards the upstream's own status and body.
 """
@@ -31,8 +35,11 @@ __all__ = [
     "Unauthorized",
     "UpstreamFailure",
     "UpstreamUnavailable",
+    "anthropic_error_body",
+    "anthropic_error_type",
     "error_body",
     "error_response",
+    "render_error",
     "stream_error_event",
 ]
 
@@ -157,7 +164,44 @@ def error_response(err: RelayError) -> web.Response:
     )
 
 
-def stream_error_event(message: str, code: str = "upstream_error", type_: str = "server_error") -> bytes:
-    """An SSE event in OpenAI's error shape: the openai SDK raises on it instead of keeping a cut answer."""
+def stream_error_event(
+    message: str, code: str = "upstream_error", type_: str = "server_error", dialect: str = "openai"
+) -> bytes:
+    """An SSE error event in the client's dialect: its SDK raises on it instead of keeping a cut answer."""
+    if dialect == "anthropic":
+        return b"event: error\ndata: " + anthropic_error_body(500, message) + b"\n\n"
     payload = orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
     return b"data: " + payload + b"\n\n"
+
+
+# Anthropic's error type for each status it documents; any other 4xx is invalid_request_error, 5xx api_error.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
+
+
+def render_error(err: RelayError, dialect: str = "openai") -> web.Response:
+    """The error response in the client's dialect: OpenAI's shape, or Anthropic's for /v1/messages."""
+    if dialect != "anthropic":
+        return error_response(err)
+    headers = dict(err.headers)
+    if err.should_retry is False:
+        headers["x-should-retry"] = "false"
+    return web.Response(
+        status=err.status, body=anthropic_error_body(err.status, err.message), content_type="application/json",
+        headers=headers,
+    )

@@ -21,7 +21,7 @@ from .adapters import adapter_for
 from .adapters.base import Adapter, StreamHandler
 from .billing import Balances, Pricing, Reservation
 from .config import Config
-from .errors import RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
+from .errors import InvalidRequest, RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
 from .ledger import Ledger
 from .limits import Limiter, Limits
 from .metrics import Metrics
@@ -154,7 +154,12 @@ class Proxy:
             tried.add(account)
             trace.acc = account
             trace.channel, trace.account, trace.attempts = account.channel.name, account.index, attempt + 1
-            adapter = adapter_for(account.channel.type)
+            try:
+                adapter = adapter_for(account.channel.type, req.dialect)
+            except LookupError:
+                raise InvalidRequest(
+                    f"This endpoint is not supported for model '{req.model}'.", code="unsupported_endpoint"
+                ) from None
             try:
                 return await self._attempt(request, req, trace, adapter, account)
             except UpstreamFailure as f:
@@ -235,7 +240,7 @@ class Proxy:
             self._metrics.active_streams.inc()
             try:
                 await out.write(first)
-                await self._pump(chunks, handler, out, trace)
+                await self._pump(chunks, handler, out, trace, req.dialect)
             except ConnectionError:
                 trace.end_reason = "client_disconnected"
             except asyncio.CancelledError:
@@ -243,7 +248,9 @@ class Proxy:
                     raise
                 trace.end_reason = "shutdown"
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                await _try_write(out, stream_error_event("The relay is shutting down.", code="server_shutdown"))
+                await _try_write(
+                    out, stream_error_event("The relay is shutting down.", code="server_shutdown", dialect=req.dialect)
+                )
             finally:
                 self._metrics.active_streams.dec()
                 trace.usage = handler.usage
@@ -254,7 +261,7 @@ class Proxy:
             resp.close()
 
     async def _pump(
-        self, chunks: object, handler: StreamHandler, out: web.StreamResponse, trace: _Trace
+        self, chunks: object, handler: StreamHandler, out: web.StreamResponse, trace: _Trace, dialect: str
     ) -> None:
         it = chunks.__aiter__()  # type: ignore[attr-defined]
         while True:
@@ -265,20 +272,20 @@ class Proxy:
             except READ_ERRORS as e:
                 trace.end_reason = "upstream_error"
                 reason = "stalled" if isinstance(e, asyncio.TimeoutError) else "broke off"
-                await out.write(stream_error_event(f"The upstream stream {reason} before it finished."))
+                await out.write(stream_error_event(f"The upstream stream {reason} before it finished.", dialect=dialect))
                 return
             try:
                 data = handler.feed(chunk)
             except EventTooLarge:
                 trace.end_reason = "upstream_error"
-                await out.write(stream_error_event("The upstream sent an event over 1 MiB."))
+                await out.write(stream_error_event("The upstream sent an event over 1 MiB.", dialect=dialect))
                 return
             if data:
                 await out.write(data)
         tail = handler.close()
         if not handler.done:
             trace.end_reason = "upstream_error"
-            await out.write(stream_error_event("The upstream stream ended before it finished."))
+            await out.write(stream_error_event("The upstream stream ended before it finished.", dialect=dialect))
         elif tail:
             await out.write(tail)
 
@@ -307,7 +314,7 @@ class Proxy:
             resp.close()
 
     def _output_estimate(self, req: RelayRequest) -> int:
-        if req.endpoint not in ("chat/completions", "completions"):
+        if req.endpoint not in ("chat/completions", "completions", "messages"):
             return 0
         body = req.json or {}
         limit = body.get("max_completion_tokens", body.get("max_tokens"))

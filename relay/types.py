@@ -93,6 +93,8 @@ class RelayRequest:
     form: tuple[FormField, ...] = ()
     content_type: str = "application/json"
     query: str = ""
+    # client headers an adapter may forward as they are (anthropic-version, anthropic-beta on /v1/messages)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Client endpoints (/v1/... and the same without /v1): parse the body once, authenticate, hand to the proxy.
 
-Everything a client can get wrong is answered here, in OpenAI's error shape, before any upstream is
+Everything a client can get wrong is answered here, in OpenAI's error shape (Anthropic's on /v1/messages, whose
+route marks the request with its DIALECT for the app's middleware), before any upstream is
 contacted: a missing or bad key, a body too large, malformed or mistyped JSON, an unknown model.
 """
 
@@ -24,7 +25,7 @@ from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
 
-__all__ = ["REQUEST_ID", "ApiDeps", "add_routes"]
+__all__ = ["DIALECT", "REQUEST_ID", "ApiDeps", "add_routes"]
 
 # Endpoints relayed with a JSON body, and those taking a multipart upload.
 JSON_ENDPOINTS = (
@@ -36,6 +37,11 @@ _SPOOL_IN_MEMORY = 1024 * 1024  # an upload is kept in memory up to this, then o
 _MODELS_CREATED = int(time.time())
 # Set on every request by the app's middleware (a typed key: aiohttp warns on plain string keys).
 REQUEST_ID = web.RequestKey("request_id", str)
+# The client's dialect, set by a route whose errors are not OpenAI's (/v1/messages): the app's middleware
+# renders errors in it.
+DIALECT = web.RequestKey("dialect", str)
+# Client headers /v1/messages forwards to an Anthropic upstream as they are.
+_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
 class ApiDeps:
@@ -62,6 +68,7 @@ def add_routes(app: web.Application, deps: ApiDeps) -> None:
             app.router.add_post(f"{prefix}/{endpoint}", _relay_handler(deps, endpoint))
         app.router.add_get(f"{prefix}/models", _models_handler(deps))
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _model_handler(deps))
+    app.router.add_post("/v1/messages", _messages_handler(deps))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -114,6 +121,56 @@ def _relay_handler(deps: ApiDeps, endpoint: str) -> Handler:
                     f.spool.close()
 
     return handle
+
+
+def _messages_handler(deps: ApiDeps) -> Handler:
+    """Anthropic's Messages API: the same pipeline, errors in Anthropic's shape (see the app's middleware)."""
+    endpoint = "messages"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        request[DIALECT] = "anthropic"
+        started = time.monotonic()
+        key = _key(deps, request)
+        if deps.ledger.full:
+            raise UpstreamUnavailable("The relay is overloaded; retry shortly.", code="relay_overloaded")
+        model = ""
+        try:
+            body = await _read_body(request, deps.cfg.server.max_body_bytes, deps.cfg.server.read_timeout)
+            data = _parse_json(body)
+            model = _validate_messages(data)
+            if not deps.router.serves(model):
+                raise NotFound(f"model: {model} does not exist or you do not have access to it.", param="model")
+            if not key_allows(key, model):
+                raise PermissionDenied(f"This key is not allowed to use the model '{model}'.", code="model_not_allowed")
+        except RelayError as e:
+            deps.proxy.record_rejected(request[REQUEST_ID], key.id, endpoint, model, e.status, started)
+            raise
+        headers = {h: v for h in _ANTHROPIC_HEADERS if (v := request.headers.get(h))}
+        req = RelayRequest(
+            id=request[REQUEST_ID], endpoint=endpoint, model=model, body=body, json=data,
+            stream=data.get("stream") is True, wants_usage=True, key=key, started=started, dialect="anthropic",
+            headers=headers,
+        )
+        return await deps.proxy.relay(request, req)
+
+    return handle
+
+
+def _validate_messages(data: dict[str, Any]) -> str:
+    """The fields of a Messages request the relay itself reads or the API always requires."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: Field required (a non-empty string).", param="model")
+    max_tokens = data.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidRequest("max_tokens: Field required (an integer of at least 1).", param="max_tokens")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest("messages: Field required (an array of message objects).", param="messages")
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("stream: Input should be a valid boolean.", param="stream")
+    return model
 
 
 def _models_handler(deps: ApiDeps) -> Handler:

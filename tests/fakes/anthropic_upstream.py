@@ -1,6 +1,6 @@
 """A fake Anthropic Messages API: POST /v1/messages, whole or streamed, in the real wire format.
 
-It checks what the real API checks first (x-api-key, anthropic-version, model, max_tokens, turns that
+It checks what the real API checks first (x-api-key, an anthropic-version date, model, max_tokens, turns that
 alternate and start with a user turn), records every request it accepted or refused, and answers:
 
 - with a `tool_use` block when tools are given and tool_choice is not none and the last user turn holds no
@@ -15,6 +15,7 @@ stream that breaks off with an `event: error` after its first text delta.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,7 @@ def error_body(etype: str, message: str) -> dict[str, Any]:
 def _validate(request: web.Request, body: Any) -> tuple[int, dict[str, Any]] | None:
     if not request.headers.get("x-api-key"):
         return 401, error_body("authentication_error", "x-api-key header is required")
-    if request.headers.get("anthropic-version") != "2023-06-01":
+    if not re.fullmatch(r"20\d\d-\d\d-\d\d", request.headers.get("anthropic-version", "")):
         return 400, error_body("invalid_request_error", "anthropic-version: header is required")
     if not isinstance(body, dict):
         return 400, error_body("invalid_request_error", "body must be a JSON object")
