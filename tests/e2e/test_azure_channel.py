@@ -283,3 +283,41 @@ async def test_channel_api_version_reaches_the_resource(relay_factory, azure):
     async with openai.AsyncOpenAI(base_url=relay.v1, api_key=CLIENT_KEY, max_retries=0, timeout=10) as client:
         assert (await client.chat.completions.create(model="gpt-4o", messages=MSGS)).choices
     assert azure.seen[0].query == {"api-version": "2025-01-01-preview"}
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+}}]
+
+
+async def test_tools_round_trip_streamed_tools_and_json_schema(client, relay, azure, upstream):
+    msgs = [{"role": "system", "content": "You are terse."}, *MSGS]
+    first = await client.chat.completions.create(model="gpt-4o", messages=msgs, tools=TOOLS)
+    [call] = first.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and orjson.loads(call.function.arguments)["location"]
+    follow = [*msgs, first.choices[0].message.model_dump(exclude_none=True),
+              {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}]
+    second = await client.chat.completions.create(model="gpt-4o", messages=follow)
+    assert second.choices[0].message.content
+    sent = orjson.loads(upstream.records[-1].body)
+    assert sent["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert sent["messages"][-1]["role"] == "tool" and sent["messages"][-1]["tool_call_id"] == call.id
+
+    stream = await client.chat.completions.create(model="gpt-4o", messages=msgs, tools=TOOLS, stream=True)
+    parts: dict[int, str] = {}
+    async for chunk in stream:
+        for choice in chunk.choices:
+            for tc in choice.delta.tool_calls or []:
+                parts[tc.index] = parts.get(tc.index, "") + (tc.function.arguments or "")
+    assert parts and all(isinstance(orjson.loads(a), dict) for a in parts.values())
+
+    schema = {"name": "weather", "schema": {"type": "object", "properties": {"c": {"type": "number"}},
+                                            "required": ["c"], "additionalProperties": False}, "strict": True}
+    answer = await client.chat.completions.create(
+        model="gpt-4o", messages=MSGS, response_format={"type": "json_schema", "json_schema": schema}
+    )
+    assert isinstance(orjson.loads(answer.choices[0].message.content), dict)
+    assert orjson.loads(upstream.records[-1].body)["response_format"]["json_schema"] == schema
+    for seen in azure.seen:
+        _assert_azure_request(seen, "my-gpt4o-deployment", "chat/completions")
