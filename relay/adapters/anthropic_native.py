@@ -19,7 +19,7 @@ from ..sse import EventSplitter, iter_events
 from ..tokens import CompletionCounter
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
 from .anthropic import API_VERSION, from_anthropic_usage
-from .base import classify_status, extract_usage_object
+from .base import DeliveredText, classify_status, extract_usage_object
 
 __all__ = ["AnthropicNative", "AnthropicPassthrough", "messages_url"]
 
@@ -36,38 +36,30 @@ def _data(event: bytes) -> bytes:
 class AnthropicPassthrough:
     """The zero-copy stream path for Messages streams: whole events go out as they came in."""
 
-    __slots__ = ("usage", "done", "events", "_split", "_text", "_unscanned", "_unscanned_size", "_usage_raw")
+    __slots__ = ("usage", "done", "events", "_split", "_delivered", "_usage_raw")
 
     # The string values a client reads as completion: text_delta's text, input_json_delta's partial_json,
     # thinking_delta's thinking (raw JSON string bodies; a value never spans a line).
     TEXT_VALUES = re.compile(rb'"(?:text|partial_json|thinking)":[ \t]*"([^"\\\n]*(?:\\.[^"\\\n]*)*)"')
-    SCAN_BYTES = 2 * 1024  # as OpenAIPassthrough: a few events held before they are scanned together
 
     def __init__(self, model: str = "") -> None:
         self.usage: Usage | None = None
         self.done = False
         self.events = 0
         self._split = EventSplitter()
-        self._text = CompletionCounter(model)
-        self._unscanned: list[bytes] = []
-        self._unscanned_size = 0
+        self._delivered = DeliveredText(self.TEXT_VALUES, model)
         self._usage_raw: dict[str, int] = {}
 
     @property
     def completion(self) -> CompletionCounter:
-        if self._unscanned:
-            self._scan()
-        return self._text
+        return self._delivered.counter
 
     def feed(self, chunk: bytes) -> bytes:
         block = self._split.feed(chunk)
         if not block:
             return block
         self.events += block.count(b"data:")
-        self._unscanned.append(block)
-        self._unscanned_size += len(block)
-        if self._unscanned_size > self.SCAN_BYTES:
-            self._scan()
+        self._delivered.hold(block)
         if b'"usage"' in block:
             self._take_usage(block)
         if b"message_stop" in block:
@@ -76,14 +68,6 @@ class AnthropicPassthrough:
 
     def close(self) -> bytes:
         return self._split.flush()
-
-    def _scan(self) -> None:
-        held = self._unscanned
-        block = held[0] if len(held) == 1 else b"".join(held)
-        self._unscanned, self._unscanned_size = [], 0
-        if b'"error":' in block:  # an error event's message is no completion
-            block = b"\n\n".join(e for e in iter_events(block) if b'"error":' not in e)
-        self._text.extend(self.TEXT_VALUES.findall(block))
 
     def _take_usage(self, block: bytes) -> None:
         """message_start holds the input counts, message_delta the cumulative output (and, lately, input)."""

@@ -7,6 +7,7 @@ account (the router hands it a Target).
 from __future__ import annotations
 
 import email.utils
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -15,6 +16,7 @@ from typing import Protocol
 import orjson
 
 from ..errors import UpstreamFailure
+from ..sse import iter_events
 from ..tokens import CompletionCounter
 from ..types import BodyFactory, FormField, RelayRequest, Target, UpstreamRequest, Usage
 
@@ -23,6 +25,7 @@ _PARSE_WHOLE = 256 * 1024
 
 __all__ = [
     "Adapter",
+    "DeliveredText",
     "StreamHandler",
     "classify_status",
     "encode_form",
@@ -56,6 +59,46 @@ class Adapter(Protocol):
     def stream_handler(self, req: RelayRequest) -> StreamHandler: ...
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure: ...
+
+
+class DeliveredText:
+    """The completion text a passthrough stream delivered, counted only if someone asks.
+
+    Whole events are held as they are (references, no copy) and scanned together with one regex pass once
+    2 KiB are held (about 8 chat events: a few KB per open stream at most, which matters with thousands
+    of slow streams) or when `counter` is read (the upstream gave no usage). A stream that ends with the
+    upstream's usage before that is never scanned at all. Error events are never completion.
+    """
+
+    __slots__ = ("_values", "_text", "_held", "_size")
+
+    SCAN_BYTES = 2 * 1024
+
+    def __init__(self, values: re.Pattern[bytes], model: str) -> None:
+        self._values = values  # a regex whose group 1 is a raw JSON string value the client reads as text
+        self._text = CompletionCounter(model)
+        self._held: list[bytes] = []
+        self._size = 0
+
+    def hold(self, block: bytes) -> None:
+        self._held.append(block)
+        self._size += len(block)
+        if self._size > self.SCAN_BYTES:
+            self._scan()
+
+    @property
+    def counter(self) -> CompletionCounter:
+        if self._held:
+            self._scan()
+        return self._text
+
+    def _scan(self) -> None:
+        held = self._held
+        block = held[0] if len(held) == 1 else b"".join(held)
+        self._held, self._size = [], 0
+        if b'"error":' in block:
+            block = b"\n\n".join(e for e in iter_events(block) if b'"error":' not in e)
+        self._text.extend(self._values.findall(block))
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

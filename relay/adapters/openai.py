@@ -17,7 +17,7 @@ from ..errors import UpstreamFailure
 from ..sse import EventSplitter, iter_events
 from ..tokens import CompletionCounter
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
-from .base import classify_status, encode_form, extract_usage_object
+from .base import DeliveredText, classify_status, encode_form, extract_usage_object
 
 __all__ = ["OpenAIAdapter", "OpenAIPassthrough", "usage_from_openai"]
 
@@ -49,15 +49,10 @@ def _has_usage_object(block: bytes) -> bool:
 
 
 class OpenAIPassthrough:
-    """The zero-copy stream path: whole events go out as they came in.
+    """The zero-copy stream path: whole events go out as they came in (the text delivered is counted only
+    when the upstream gives no usage: see DeliveredText)."""
 
-    The text the client receives is counted only when someone asks (`completion`: the upstream gave no
-    usage) or once 2 KiB of events are held: the events are kept as they are (references, no copy) and
-    then scanned together with one regex pass, so a stream that ends with the upstream's usage before that
-    is never scanned at all.
-    """
-
-    __slots__ = ("usage", "done", "events", "_split", "_keep_usage_chunk", "_text", "_unscanned", "_unscanned_size")
+    __slots__ = ("usage", "done", "events", "_split", "_keep_usage_chunk", "_delivered")
 
     # A JSON string value the client reads as text (its raw body, escapes as written): content (and
     # reasoning_content), reasoning, refusal, legacy completions' text, tool-call arguments. The keys are
@@ -66,9 +61,6 @@ class OpenAIPassthrough:
     TEXT_VALUES = re.compile(
         rb'"(?:content|re(?:asoning(?:_content)?|fusal)|arguments|text)":[ \t]*"([^"\\\n]*(?:\\.[^"\\\n]*)*)"'
     )
-    # 2 KiB: about 8 chat events held before they are scanned together (a few KB per open stream at most,
-    # which matters with thousands of slow streams open).
-    SCAN_BYTES = 2 * 1024
 
     def __init__(self, keep_usage_chunk: bool, model: str = "") -> None:
         self.usage: Usage | None = None
@@ -76,26 +68,19 @@ class OpenAIPassthrough:
         self.events = 0
         self._split = EventSplitter()
         self._keep_usage_chunk = keep_usage_chunk
-        self._text = CompletionCounter(model)
-        self._unscanned: list[bytes] = []
-        self._unscanned_size = 0
+        self._delivered = DeliveredText(self.TEXT_VALUES, model)
 
     @property
     def completion(self) -> CompletionCounter:
         """The text delivered so far (error events excluded), as raw fragments ready to count."""
-        if self._unscanned:
-            self._scan()
-        return self._text
+        return self._delivered.counter
 
     def feed(self, chunk: bytes) -> bytes:
         block = self._split.feed(chunk)
         if not block:
             return block
         self.events += block.count(b"data:")
-        self._unscanned.append(block)
-        self._unscanned_size += len(block)
-        if self._unscanned_size > self.SCAN_BYTES:
-            self._scan()
+        self._delivered.hold(block)
         if b'"usage"' in block and _has_usage_object(block):
             block = self._take_usage(block)
         if b"[DONE]" in block:
@@ -104,14 +89,6 @@ class OpenAIPassthrough:
 
     def close(self) -> bytes:
         return self._split.flush()
-
-    def _scan(self) -> None:
-        held = self._unscanned
-        block = held[0] if len(held) == 1 else b"".join(held)
-        self._unscanned, self._unscanned_size = [], 0
-        if b'"error":' in block:  # an error event's message is no completion
-            block = b"\n\n".join(e for e in iter_events(block) if b'"error":' not in e)
-        self._text.extend(self.TEXT_VALUES.findall(block))
 
     def _take_usage(self, block: bytes) -> bytes:
         kept: list[bytes] = []
