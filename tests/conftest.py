@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +136,23 @@ def openai_client(relay: Relay) -> Any:
     import openai
 
     return openai.AsyncOpenAI(base_url=relay.v1, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+
+
+def read_ledger(path: str) -> list[dict[str, Any]]:
+    """The ledger's rows as the relay wrote them so far (read-only; none before the file exists)."""
+    if not Path(path).exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in db.execute("SELECT * FROM usage ORDER BY id")]
+        except sqlite3.OperationalError:
+            return []
+
+
+async def wait_ledger(path: str, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Poll until the ledger holds at least `n` rows (or `timeout` passes); returns what it holds."""
+    deadline = time.monotonic() + timeout
+    while len(rows := read_ledger(path)) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return rows

@@ -3,11 +3,7 @@ API speaking the real wire format (tests/fakes/anthropic_upstream.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -15,7 +11,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import CLIENT_KEY, Relay
+from tests.conftest import CLIENT_KEY, Relay, wait_ledger
 from tests.fakes import anthropic_upstream as fake
 
 MODEL = "claude-sonnet-4-5"
@@ -63,26 +59,6 @@ async def client(relay: Relay) -> AsyncIterator[openai.AsyncOpenAI]:
         yield c
 
 
-def _rows(path: str) -> list[dict[str, Any]]:
-    if not Path(path).exists():
-        return []
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in db.execute("SELECT * FROM usage ORDER BY id")]
-        except sqlite3.OperationalError:
-            return []
-
-
-async def _wait_rows(path: str, n: int) -> list[dict[str, Any]]:
-    for _ in range(100):
-        rows = _rows(path)
-        if len(rows) >= n:
-            return rows
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"ledger has {len(_rows(path))} rows, expected {n}")
-
-
 async def test_text_system_and_usage(client: openai.AsyncOpenAI, claude: Claude, relay: Relay) -> None:
     resp = await client.chat.completions.create(
         model=MODEL, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"}],
@@ -99,7 +75,7 @@ async def test_text_system_and_usage(client: openai.AsyncOpenAI, claude: Claude,
     assert rec.body["system"] == "Be brief."
     assert rec.body["model"] == MODEL and rec.body["max_tokens"] == 4096
     assert rec.body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Weather?"}]}]
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert row["status"] == 200 and row["end_reason"] == "ok" and row["usage_source"] == "upstream"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (35, resp.usage.completion_tokens)
     assert row["channel"] == "claude" and row["cost_usd"] > 0
@@ -120,7 +96,7 @@ async def test_stream_text_with_usage(client: openai.AsyncOpenAI, claude: Claude
     assert text == fake.TEXT and finish == "stop"
     assert usage is not None and usage.prompt_tokens == 35 and usage.completion_tokens > 0
     assert claude.records[0].body["stream"] is True
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert row["usage_source"] == "upstream" and row["end_reason"] == "ok" and row["stream"] == 1
     assert row["completion_tokens"] == usage.completion_tokens
 
@@ -129,7 +105,7 @@ async def test_stream_without_usage_still_billed_from_upstream(client: openai.As
     stream = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], stream=True)
     chunks = [c async for c in stream]
     assert all(c.usage is None for c in chunks)
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert row["usage_source"] == "upstream" and row["prompt_tokens"] == 35
 
 
@@ -223,5 +199,5 @@ async def test_stream_error_event_raises_in_the_sdk(client: openai.AsyncOpenAI, 
     with pytest.raises(openai.APIError, match="Overloaded"):
         async for _ in stream:
             pass
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert row["end_reason"] == "upstream_error"

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import random
 import re
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 from yarl import URL
 
 from bench import fake_upstream as fake
-from tests.conftest import ACCOUNTS, CLIENT_KEY, MODELS
+from tests.conftest import ACCOUNTS, CLIENT_KEY, MODELS, read_ledger, wait_ledger
 
 MSGS = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 TOOLS = [{"type": "function", "function": {
@@ -599,26 +598,6 @@ async def test_no_cors_on_admin_and_metrics(relay, http):
 # ---- 8. privacy of the ledger -----------------------------------------------------------------------------
 
 
-def _ledger_rows(path: str) -> list[dict[str, Any]]:
-    if not Path(path).exists():
-        return []
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in db.execute("SELECT * FROM usage ORDER BY id")]
-        except sqlite3.OperationalError:
-            return []
-
-
-async def _wait_rows(path: str, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = _ledger_rows(path)
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        await asyncio.sleep(0.05)
-
-
 async def test_ledger_keeps_no_prompt_or_key(client, relay):
     marker = f"zq-private-marker-{uuid.uuid4().hex}"
     msgs = [{"role": "user", "content": f"My secret is {marker}. Keep it."}]
@@ -627,9 +606,9 @@ async def test_ledger_keeps_no_prompt_or_key(client, relay):
     stream = await client.chat.completions.create(model="demo", messages=msgs, stream=True,
                                                   extra_body={"user": marker})
     assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-    rows = await _wait_rows(relay.database, 2)
+    rows = await wait_ledger(relay.database, 2)
     await asyncio.sleep(0.2)  # a stray extra row would show up by now
-    rows = _ledger_rows(relay.database)
+    rows = read_ledger(relay.database)
     assert len(rows) == 2, rows
     assert [(r["model"], r["stream"]) for r in rows] == [("gpt-4o-mini", 0), ("demo", 1)]
     for row in rows:

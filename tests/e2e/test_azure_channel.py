@@ -9,13 +9,8 @@ handler, so the wire format is OpenAI's byte for byte.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sqlite3
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from tests.conftest import CLIENT_KEY, Relay, RelayFactory, Upstream
+from tests.conftest import CLIENT_KEY, Relay, RelayFactory, Upstream, wait_ledger
 
 MSGS = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -152,24 +147,6 @@ def _events(raw: bytes) -> list[bytes]:
     return [e for e in raw.split(b"\n\n") if e]
 
 
-def _ledger_rows(path: str) -> list[dict[str, Any]]:
-    if not Path(path).exists():
-        return []
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in db.execute("SELECT * FROM usage ORDER BY id")]
-        except sqlite3.OperationalError:
-            return []
-
-
-async def _wait_rows(path: str, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while len(rows := _ledger_rows(path)) < n and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return rows
-
-
 # ---- chat ---------------------------------------------------------------------------------------------------
 
 
@@ -184,7 +161,7 @@ async def test_chat_non_stream_is_the_deployments_bytes(client, relay, azure, up
     [rec] = upstream.records
     assert orjson.loads(rec.body) == {"model": "gpt-4o", "messages": MSGS, "temperature": 0.2}  # as the SDK sent it
 
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert (row["channel"], row["model"], row["status"], row["usage_source"]) == ("az", "gpt-4o", 200, "upstream")
     assert (row["prompt_tokens"], row["completion_tokens"]) == (result.usage.prompt_tokens,
                                                                 result.usage.completion_tokens)
@@ -202,7 +179,7 @@ async def test_chat_stream_hides_the_usage_chunk_it_asked_for(client, relay, azu
     _assert_azure_request(seen, "my-gpt4o-deployment", "chat/completions")
     sent = upstream.records[-1].json()
     assert sent["stream_options"] == {"include_usage": True} and sent["model"] == "gpt-4o"
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert (row["channel"], row["stream"], row["usage_source"]) == ("az", 1, "upstream")
     assert row["completion_tokens"] > 0
 
@@ -247,7 +224,7 @@ async def test_embeddings_go_to_their_deployment(client, relay, azure, upstream)
     _assert_azure_request(seen, "my-embedding-deployment", "embeddings")
     assert raw.http_response.content == seen.body
     assert upstream.records[-1].json()["input"] == ["hello", "world"]
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert (row["endpoint"], row["usage_source"]) == ("embeddings", "upstream") and row["prompt_tokens"] > 0
 
 
@@ -267,7 +244,7 @@ async def test_content_filter_refusal_is_passed_back_without_failover(relay_fact
         assert (await client.chat.completions.create(model="gpt-4o", messages=MSGS)).choices
         assert (await client.chat.completions.create(model="gpt-4o", messages=MSGS)).choices
     assert [s.headers["api-key"] for s in azure.seen] == ["azk-1", "azk-2", "azk-1"]
-    rows = await _wait_rows(relay.database, 3)
+    rows = await wait_ledger(relay.database, 3)
     assert rows[0]["status"] == 400 and rows[0]["cost_usd"] == 0
 
 

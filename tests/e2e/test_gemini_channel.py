@@ -12,8 +12,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import CLIENT_KEY
-from tests.e2e.test_api import _wait_rows
+from tests.conftest import CLIENT_KEY, wait_ledger
 from tests.fakes import gemini_upstream as gem
 
 WEATHER = {"type": "function", "function": {
@@ -71,7 +70,7 @@ async def test_text(env: Env) -> None:
     assert rec.path == "/v1beta/models/gemini-2.5-flash:generateContent"
     assert rec.body["contents"] == [{"role": "user", "parts": [{"text": ASK[0]["content"]}]}]
     assert rec.body["generationConfig"] == {"maxOutputTokens": 200}
-    rows = await _wait_rows(env.relay.database, 1)
+    rows = await wait_ledger(env.relay.database, 1)
     assert rows[0]["usage_source"] == "upstream" and rows[0]["channel"] == "gem"
     assert rows[0]["prompt_tokens"] == resp.usage.prompt_tokens
     assert rows[0]["completion_tokens"] == resp.usage.completion_tokens
@@ -130,7 +129,7 @@ async def test_streamed_text_with_usage(env: Env) -> None:
     assert "".join(text) == gem.TEXT and finish == "stop"
     assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 7
     assert env.records[0].path.endswith(":streamGenerateContent") and env.records[0].query == "alt=sse"
-    rows = await _wait_rows(env.relay.database, 1)
+    rows = await wait_ledger(env.relay.database, 1)
     assert rows[0]["usage_source"] == "upstream" and rows[0]["completion_tokens"] == usage.completion_tokens
     _no_key_in_urls(env)
 
@@ -207,6 +206,6 @@ async def test_cut_stream_ends_with_an_error(env: Env) -> None:
             if chunk.choices:
                 text.append(chunk.choices[0].delta.content or "")
     assert "".join(text) == gem.TEXT
-    rows = await _wait_rows(env.relay.database, 1)
+    rows = await wait_ledger(env.relay.database, 1)
     assert rows[0]["end_reason"] == "upstream_error" and rows[0]["usage_source"] == "estimate"
     assert rows[0]["completion_tokens"] > 0
