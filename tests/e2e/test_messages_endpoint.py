@@ -12,8 +12,8 @@ import pytest
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ACCOUNTS, CLIENT_KEY, MODELS, Relay, Upstream
-from tests.e2e.test_anthropic_channel import Claude, _wait_rows
+from tests.conftest import ACCOUNTS, CLIENT_KEY, MODELS, Relay, Upstream, wait_ledger
+from tests.e2e.test_anthropic_channel import Claude
 from tests.fakes import anthropic_upstream as fake
 
 CLAUDE = "claude-relay-test"
@@ -68,7 +68,7 @@ async def test_native_message_and_usage(client: anthropic.AsyncAnthropic, claude
     assert rec.headers["anthropic-beta"] == "tools-2024-05-16" and "authorization" not in rec.headers
     assert rec.body == {"model": CLAUDE, "max_tokens": 100, "system": "Be brief.",
                         "messages": [{"role": "user", "content": "Weather?"}]}
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert row["status"] == 200 and row["usage_source"] == "upstream" and row["endpoint"] == "messages"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (35, msg.usage.output_tokens)
     assert row["channel"] == "claude" and row["cost_usd"] > 0
@@ -81,7 +81,7 @@ async def test_native_stream_reassembles(client: anthropic.AsyncAnthropic, relay
         text = "".join([t async for t in stream.text_stream])
         final = await stream.get_final_message()
     assert text == fake.TEXT and final.stop_reason == "end_turn"
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert row["usage_source"] == "upstream" and row["stream"] == 1 and row["end_reason"] == "ok"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (35, final.usage.output_tokens)
 
@@ -96,7 +96,7 @@ async def test_native_stream_error_is_anthropic_shaped(
         ) as stream:
             async for _ in stream:
                 pass
-    [row] = await _wait_rows(relay.database, 1)
+    [row] = await wait_ledger(relay.database, 1)
     assert row["end_reason"] == "upstream_error"
 
 
@@ -147,7 +147,7 @@ async def test_translated_message(client: anthropic.AsyncAnthropic, upstream: Up
     sent = upstream.records[-1].json()
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert sent["max_tokens"] == 100 and sent["stop"] == ["END"]
-    rows = await _wait_rows(relay.database, 2)
+    rows = await wait_ledger(relay.database, 2)
     assert rows[-1]["usage_source"] == "upstream" and rows[-1]["endpoint"] == "messages"
 
 
@@ -161,7 +161,7 @@ async def test_translated_stream_ends_with_message_stop(client: anthropic.AsyncA
     assert events[0] == "message_start" and events[-1] == "message_stop"
     assert final.content[0].text == expected  # type: ignore[union-attr]
     assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
-    rows = await _wait_rows(relay.database, 2)
+    rows = await wait_ledger(relay.database, 2)
     assert rows[-1]["usage_source"] == "upstream" and rows[-1]["stream"] == 1 and rows[-1]["end_reason"] == "ok"
 
 
