@@ -17,7 +17,8 @@ from aiohttp import web
 from . import tokens, web_admin, web_api, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
-from .billing import Balances, Pricing
+from .balances import Balances
+from .billing import Pricing
 from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
 from .ledger import Ledger
@@ -47,7 +48,9 @@ _CORS_EXPOSE = (
 _OPS_PATHS = ("/metrics", "/healthz", "/status")
 
 
-def build_app(cfg: Config, workers: int = 1) -> web.Application:
+def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.Application:
+    """`holder` names this process's balance leases in the store (see relay.balances); stable across
+    restarts of the same process (host, port, worker slot), so a restarted process takes its own back."""
     for i, ch in enumerate(cfg.channels):
         try:
             adapter_for(ch.type)
@@ -58,9 +61,10 @@ def build_app(cfg: Config, workers: int = 1) -> web.Application:
     metrics = Metrics(router.models(), lambda: [(a.channel.name, s) for a, s in router.out_of_rotation()])
     store = Store(cfg.database)
     upstream = Upstream(cfg.timeouts)
-    ledger = Ledger(store, cfg.ledger, metrics)
+    holder = holder or f"{socket.gethostname()}:pid{os.getpid()}:{os.urandom(4).hex()}"
+    balances = Balances(store, holder, cfg.billing.lease_ttl, cfg.billing.lease_fraction)
+    ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written)
     keys = KeyCache(store)
-    balances = Balances()
     limiter = _limiter(cfg, workers)
     proxy = Proxy(cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter)
     ops = web_ops.OpsDeps(metrics, router, store)
@@ -83,13 +87,14 @@ def build_app(cfg: Config, workers: int = 1) -> web.Application:
             await store.sync_config_key(record)
         await store.retire_config_keys(r.id for r in config_keys)
         await keys.refresh()
-        balances.load({k.id: k.spent_usd for k in keys.records()})
         keys.start()
         await upstream.start()
         ledger.start()
+        balances.start()
         yield
         await keys.close()
         await ledger.close()
+        await balances.close()  # after the ledger's last write: a lease goes back only once its charges are in
         if isinstance(limiter, RedisLimiter):
             await limiter.close()
         await upstream.close()
@@ -193,9 +198,13 @@ def _response_headers(origins: tuple[str, ...]) -> Callable[[web.Request, web.St
 
 async def start(
     cfg: Config, host: str | None = None, port: int | None = None, *, reuse_port: bool = False, workers: int = 1,
+    slot: int = 0,
 ) -> tuple[web.AppRunner, str]:
     """Start serving; returns the runner (await runner.cleanup() to stop) and the base URL."""
-    app = build_app(cfg, workers)
+    port = cfg.server.port if port is None else port
+    # A port of 0 is a new port each time: no stable name, so a fresh one (its old leases simply expire).
+    holder = f"{socket.gethostname()}:{port}:{slot}" if port else None
+    app = build_app(cfg, workers, holder)
     # handler_cancellation: a client that goes away cancels its handler, which closes the upstream at once
     # keepalive_timeout also runs from the moment a connection opens: a client that has not sent a whole
     # request (headers included) by then is disconnected, so slow senders cannot hold connections.
@@ -205,7 +214,7 @@ async def start(
     )
     await runner.setup()
     site = web.TCPSite(
-        runner, host or cfg.server.host, cfg.server.port if port is None else port,
+        runner, host or cfg.server.host, port,
         reuse_port=reuse_port or None, backlog=4096,
     )
     await site.start()
@@ -215,11 +224,11 @@ async def start(
     return runner, f"http://{host or cfg.server.host}:{bound}"
 
 
-async def _serve(cfg: Config, host: str, port: int, workers: int) -> None:
+async def _serve(cfg: Config, host: str, port: int, workers: int, slot: int = 0) -> None:
     # The tokenizer (for usage the upstream did not report) takes ~0.5 s to load and holds the GIL while
     # it does: load it before serving, not on the first request that needs it.
     tokens.preload()
-    runner, url = await start(cfg, host, port, reuse_port=workers > 1, workers=workers)
+    runner, url = await start(cfg, host, port, reuse_port=workers > 1, workers=workers, slot=slot)
     models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
     log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)
     gc.freeze()  # what startup built lives for the whole run: keep it out of every collection
@@ -267,12 +276,12 @@ def _check_port(host: str, port: int, reuse_port: bool) -> None:
 def _run_workers(cfg: Config, host: str, port: int, workers: int) -> int:
     """N processes on one port (SO_REUSEPORT); the parent forwards SIGTERM/SIGINT and waits."""
     children: list[int] = []
-    for _ in range(workers):
+    for slot in range(workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                _run_loop(_serve(cfg, host, port, workers))
+                _run_loop(_serve(cfg, host, port, workers, slot))
             except BaseException:  # noqa: BLE001
                 log.exception("worker failed")
                 code = 1

@@ -1,9 +1,8 @@
-"""Prices, the worst case a request may cost, and per-key balances with reserve-then-settle. Pure.
+"""Prices, the worst case a request may cost, and what it actually cost. Pure.
 
-Before a request is forwarded, its worst-case cost is reserved against the key's remaining balance
-(granted - spent - reserved); the event loop makes check-and-reserve atomic within a process. When the
-request ends, the reservation is released and the real cost charged, never more than was reserved: so
-no number of concurrent requests can take a key below zero.
+Before a request is forwarded, its worst-case cost is reserved against the key's balance (relay.balances);
+when it ends, the real cost is charged, never more than was reserved: so no number of concurrent requests
+can take a key below zero.
 """
 
 from __future__ import annotations
@@ -12,36 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import BillingConfig, PriceConfig
-from .errors import PermissionDenied, RelayError
-from .types import KeyRecord, RelayRequest, Usage
+from .errors import PermissionDenied
+from .types import RelayRequest, Usage
 
-__all__ = ["Balances", "InsufficientQuota", "Pricing", "Reservation"]
+__all__ = ["Pricing"]
 
 _FREE = PriceConfig(free=True)
 # Speech uploads carry no duration the relay can read; 128 kbit/s (16 kB/s) is the common encoding.
 _UPLOAD_BYTES_PER_SECOND = 16_000
 # The prompt estimate is raised by this much when reserving, so tokenizer differences do not undershoot.
 _PROMPT_MARGIN = 1.25
-# Balances are sums of float prices: a key whose balance covers a request exactly may show a few ulps less.
-# Amounts within this much of each other count as equal (a key can go below zero by at most this, once).
-_EPSILON = 1e-9
-
-
-class InsufficientQuota(RelayError):
-    status = 429
-    type = "insufficient_quota"
-    code = "insufficient_quota"
-    should_retry = False
-
-
-class Reservation:
-    __slots__ = ("key_id", "amount", "price", "multiplier")
-
-    def __init__(self, key_id: str, amount: float, price: PriceConfig, multiplier: float) -> None:
-        self.key_id = key_id
-        self.amount = amount
-        self.price = price
-        self.multiplier = multiplier
 
 
 class Pricing:
@@ -122,47 +101,3 @@ def _image_price(price: PriceConfig, body: Mapping[str, Any]) -> float:
         if name in price.images:
             return price.images[name]
     return price.image
-
-
-class Balances:
-    """Spent and reserved per key, in memory: the truth between ledger flushes."""
-
-    def __init__(self) -> None:
-        self._spent: dict[str, float] = {}
-        self._reserved: dict[str, float] = {}
-
-    def load(self, spent: Mapping[str, float]) -> None:
-        self._spent.update(spent)
-
-    def spent(self, key_id: str) -> float:
-        return self._spent.get(key_id, 0.0)
-
-    def remaining(self, key: KeyRecord) -> float | None:
-        if key.granted_usd is None:
-            return None
-        return key.granted_usd - self._spent.get(key.id, 0.0) - self._reserved.get(key.id, 0.0)
-
-    def reserve(self, key: KeyRecord, amount: float, price: PriceConfig, multiplier: float) -> Reservation:
-        left = self.remaining(key)
-        if left is not None:
-            if left <= _EPSILON:
-                raise InsufficientQuota("This key's balance is exhausted; top it up to continue.")
-            if amount > left + _EPSILON:
-                raise InsufficientQuota(
-                    f"This key's remaining balance (${left:.6f}) does not cover this request's maximum cost "
-                    f"(${amount:.6f}); lower max_tokens or top the key up."
-                )
-        self._reserved[key.id] = self._reserved.get(key.id, 0.0) + amount
-        return Reservation(key.id, amount, price, multiplier)
-
-    def settle(self, r: Reservation, actual: float) -> float:
-        """Release the reservation and charge the actual cost, capped at what was reserved; returns it."""
-        left = self._reserved.get(r.key_id, 0.0) - r.amount
-        if left > 1e-12:
-            self._reserved[r.key_id] = left
-        else:
-            self._reserved.pop(r.key_id, None)
-        charged = min(max(actual, 0.0), r.amount)
-        if charged:
-            self._spent[r.key_id] = self._spent.get(r.key_id, 0.0) + charged
-        return charged

@@ -115,6 +115,8 @@ class BillingConfig:
     max_output_tokens: int = 4096  # reserved for output when a request sets no max_tokens
     groups: Mapping[str, float] = field(default_factory=dict)  # key group -> price multiplier
     require_prices: bool = True  # refuse models without a price (set false to serve them free)
+    lease_ttl: float = 60.0  # seconds a process's slice of a key's balance lives unless renewed
+    lease_fraction: float = 0.25  # a slice takes this share of what is free (at least what it needs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +225,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     keys = _client_keys(root.child("client_keys", default=[]))
     prices = _prices(root.child("prices"))
     b = root.child("billing")
-    b.allow("max_output_tokens", "groups", "require_prices")
+    b.allow("max_output_tokens", "groups", "require_prices", "lease_ttl", "lease_fraction")
     groups = b.child("groups")
     lm = root.child("limits")
     lm.allow("backend", "redis_url", "fail_open", "timeout")
@@ -241,6 +243,8 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         max_output_tokens=b.get_int("max_output_tokens", 4096, lo=1),
         groups={g: groups.get_float(g, 1.0, lo=0) for g in groups.keys()},
         require_prices=b.get_bool("require_prices", True),
+        lease_ttl=b.get_float("lease_ttl", BillingConfig().lease_ttl, lo=1),
+        lease_fraction=b.get_float("lease_fraction", BillingConfig().lease_fraction, lo=0.01, hi=1),
     )
     log_level = root.get_str("log_level", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):

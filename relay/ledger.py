@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 
 from .config import LedgerConfig
 from .metrics import Metrics
@@ -23,8 +24,16 @@ log = logging.getLogger("relay.ledger")
 
 
 class Ledger:
-    def __init__(self, store: Store, cfg: LedgerConfig, metrics: Metrics) -> None:
+    """`holder` names this process's balance leases (the store lowers them by the costs it writes), and
+    `on_written` hears which costs each written batch moved into spent (key id -> USD)."""
+
+    def __init__(
+        self, store: Store, cfg: LedgerConfig, metrics: Metrics, holder: str | None = None,
+        on_written: Callable[[Mapping[str, float]], None] | None = None,
+    ) -> None:
         self._store = store
+        self._holder = holder
+        self._on_written = on_written
         self._cfg = cfg
         self._metrics = metrics
         self._rows: deque[UsageRecord] = deque()
@@ -81,12 +90,20 @@ class Ledger:
         batch = [self._rows.popleft() for _ in range(n)]
         started = time.perf_counter()
         try:
-            refused = await self._store.write_usage(batch)
+            refused = await self._store.write_usage(batch, self._holder)
         except Exception as e:  # noqa: BLE001 - any store failure: keep the rows and retry later
             self._rows.extendleft(reversed(batch))
             log.error("ledger: write of %d rows failed (%s); will retry", n, type(e).__name__)
             self._metrics.ledger_pending.set(len(self._rows))
             return False
+        if self._on_written is not None:
+            # A refused row's cost reached no spent, but counting it here only leaves its slice smaller.
+            costs: dict[str, float] = {}
+            for r in batch:
+                if r.cost_usd:
+                    costs[r.key_id] = costs.get(r.key_id, 0.0) + r.cost_usd
+            if costs:
+                self._on_written(costs)
         self._metrics.ledger_flush.observe(time.perf_counter() - started)
         self._metrics.ledger_rows.inc(n - refused)
         if refused:

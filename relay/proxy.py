@@ -19,7 +19,8 @@ from aiohttp import web
 
 from .adapters import adapter_for
 from .adapters.base import Adapter, StreamHandler
-from .billing import Balances, Pricing, Reservation
+from .balances import Balances, Reservation
+from .billing import Pricing
 from .config import Config
 from .errors import InvalidRequest, RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
 from .ledger import Ledger
@@ -115,7 +116,10 @@ class Proxy:
             multiplier = self._pricing.multiplier(req.key.group)
             prompt = estimate_prompt_tokens(req)
             worst = self._pricing.worst_case(price, req, prompt) * multiplier
-            trace.reservation = self._balances.reserve(req.key, worst, price, multiplier)
+            reservation = self._balances.try_reserve(req.key, worst, price, multiplier)
+            if reservation is None:  # this process's slice of the balance must grow first
+                reservation = await self._balances.reserve(req.key, worst, price, multiplier)
+            trace.reservation = reservation
             trace.limit_tokens = prompt + self._output_estimate(req)
             limits = Limits.of(req.key)
             if limits.any:

@@ -10,6 +10,7 @@ that account for it, so after any restart each key's spent equals the sum of its
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -75,6 +76,14 @@ CREATE TABLE IF NOT EXISTS keys (
     rev         INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_rev ON keys (rev);
+CREATE TABLE IF NOT EXISTS leases (
+    key_id     TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    amount_usd REAL NOT NULL CHECK (amount_usd >= 0),
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key_id, holder)
+);
+CREATE INDEX IF NOT EXISTS leases_holder ON leases (holder);
 """
 
 # Columns the operator may change; spent_usd is the relay's alone.
@@ -86,6 +95,8 @@ _KEY_COLUMNS = (
     "ip_allow, grp, created_at, rev"
 )
 _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
+# A lease is granted when the free balance covers what is needed within this much (float sums of prices).
+_LEASE_EPSILON = 1e-9
 
 
 def _key(row: Sequence[Any]) -> KeyRecord:
@@ -123,6 +134,8 @@ class Store:
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # One connection serves the ledger flusher and the lease keeper: their transactions must not interleave.
+        self._tx = asyncio.Lock()
 
     async def open(self) -> None:
         self._db = await aiosqlite.connect(self.path)
@@ -146,19 +159,25 @@ class Store:
         assert self._db is not None, "Store.open() was not awaited"
         return self._db
 
-    async def write_usage(self, rows: Sequence[UsageRecord]) -> int:
+    async def write_usage(self, rows: Sequence[UsageRecord], holder: str | None = None) -> int:
         """Write rows, and add their cost to each key's spent, in one transaction; returns rows refused.
 
-        If the batch fails as a whole (or holds a request id already written), each row is tried on its
-        own so one bad row cannot drop the others and no cost is counted twice. A failure of the database
-        itself (locked, disk full) propagates: the caller keeps the rows.
+        With a `holder`, the same transaction lowers that holder's balance lease of each key by the cost
+        added to its spent (the lease paid for it). If the batch fails as a whole (or holds a request id
+        already written), each row is tried on its own so one bad row cannot drop the others and no cost is
+        counted twice. A failure of the database itself (locked, disk full) propagates: the caller keeps
+        the rows.
         """
+        async with self._tx:
+            return await self._write_usage(rows, holder)
+
+    async def _write_usage(self, rows: Sequence[UsageRecord], holder: str | None) -> int:
         db = self.db
         values = [_ROW(r) for r in rows]
         try:
             cur = await db.executemany(_INSERT, values)
             if cur.rowcount == len(values):
-                await self._add_spent(rows)
+                await self._add_spent(rows, holder)
                 await db.commit()
                 return 0
             await db.rollback()
@@ -175,11 +194,11 @@ class Store:
                 continue
             if cur.rowcount:
                 written.append(row)
-        await self._add_spent(written)
+        await self._add_spent(written, holder)
         await db.commit()
         return refused
 
-    async def _add_spent(self, rows: Iterable[UsageRecord]) -> None:
+    async def _add_spent(self, rows: Iterable[UsageRecord], holder: str | None) -> None:
         spent: dict[str, float] = {}
         for r in rows:
             if r.cost_usd:
@@ -188,6 +207,102 @@ class Store:
             await self.db.executemany(
                 "UPDATE keys SET spent_usd = spent_usd + ? WHERE id = ?", [(v, k) for k, v in spent.items()]
             )
+            if holder is not None:
+                await self.db.executemany(
+                    "UPDATE leases SET amount_usd = MAX(amount_usd - ?, 0) WHERE key_id = ? AND holder = ?",
+                    [(v, k, holder) for k, v in spent.items()],
+                )
+
+    # -- balance leases -----------------------------------------------------------------------------------
+
+    async def lease(
+        self, key_id: str, holder: str, need: float, fraction: float, ttl: float, at_least: float | None = None,
+    ) -> tuple[float, float] | None:
+        """Grow `holder`'s lease of the key's balance and extend it `ttl` seconds.
+
+        Returns (the lease's amount now, what is still free after it), or None: the key has no balance
+        limit (or is gone).
+
+        A lease is money set aside for one process and not yet in spent: the process reserves and settles
+        from it without asking the store, and its ledger writes lower it (write_usage). What is free is
+        granted - spent - every live lease; the grant is `fraction` of that but at least `need`, at most all
+        of it, and nothing at all when less than `at_least` (default: `need`) is free. A lease whose expiry
+        passed (its process died or lost the store) counts as nothing and is reclaimed. The write lock is
+        taken first, so callers in any process go one at a time.
+        """
+        least = need if at_least is None else at_least
+        async with self._tx:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                async with db.execute("SELECT granted_usd, spent_usd FROM keys WHERE id = ?", (key_id,)) as cur:
+                    row = await cur.fetchone()
+                if row is None or row[0] is None:
+                    await db.commit()
+                    return None
+                now = time.time()
+                mine = others = 0.0
+                async with db.execute(
+                    "SELECT holder, amount_usd FROM leases WHERE key_id = ? AND expires_at > ?", (key_id, now)
+                ) as cur:
+                    async for h, amount in cur:
+                        if h == holder:
+                            mine = amount
+                        else:
+                            others += amount
+                free = row[0] - row[1] - others - mine
+                grant = 0.0
+                if free > 0 and free + _LEASE_EPSILON >= least:
+                    grant = min(free, max(need, free * fraction))
+                await db.execute("DELETE FROM leases WHERE key_id = ? AND expires_at <= ?", (key_id, now))
+                await db.execute(
+                    "INSERT INTO leases (key_id, holder, amount_usd, expires_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key_id, holder) DO UPDATE SET amount_usd = excluded.amount_usd, "
+                    "expires_at = excluded.expires_at",
+                    (key_id, holder, mine + grant, now + ttl),
+                )
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+            return mine + grant, max(free - grant, 0.0)
+
+    async def renew_leases(self, holder: str, ttl: float) -> dict[str, float]:
+        """Extend every live lease of `holder` by `ttl` seconds; returns key id -> amount of those still live.
+
+        A lease missing from the answer has expired: its money may already be leased to another process.
+        """
+        async with self._tx:
+            now = time.time()
+            db = self.db
+            await db.execute(
+                "UPDATE leases SET expires_at = ? WHERE holder = ? AND expires_at > ?", (now + ttl, holder, now)
+            )
+            async with db.execute(
+                "SELECT key_id, amount_usd FROM leases WHERE holder = ? AND expires_at > ?", (holder, now)
+            ) as cur:
+                live = {k: float(a) async for k, a in cur}
+            await db.commit()
+            return live
+
+    async def release_leases(self, holder: str, key_ids: Iterable[str] | None = None) -> None:
+        """Give back what `holder` leased (of these keys, or all): call only after its charges are written."""
+        async with self._tx:
+            if key_ids is None:
+                await self.db.execute("DELETE FROM leases WHERE holder = ?", (holder,))
+            else:
+                await self.db.executemany(
+                    "DELETE FROM leases WHERE holder = ? AND key_id = ?", [(holder, k) for k in key_ids]
+                )
+            await self.db.commit()
+
+    async def leased(self, key_id: str) -> float:
+        """Money of the key held by live leases (granted - spent - this is what no process holds)."""
+        async with self.db.execute(
+            "SELECT COALESCE(SUM(amount_usd), 0) FROM leases WHERE key_id = ? AND expires_at > ?", (key_id, time.time())
+        ) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
 
     # -- keys ---------------------------------------------------------------------------------------------
 

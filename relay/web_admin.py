@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from .auth import KeyCache, new_secret
-from .billing import Balances
+from .balances import Balances
 from .config import Config, hash_key
 from .admin_openapi import OPENAPI
 from .errors import InvalidRequest, NotFound, PermissionDenied, RelayError, Unauthorized
@@ -228,7 +228,7 @@ class AdminDeps:
     def view(self, k: KeyRecord) -> dict[str, Any]:
         """The public fields, with spent as this process knows it (its charges not yet written included)."""
         out = k.public()
-        spent = max(k.spent_usd, self.balances.spent(k.id))
+        spent = k.spent_usd + self.balances.unflushed(k.id)
         out["spent_usd"] = round(spent, 9)
         out["remaining_usd"] = None if k.granted_usd is None else round(k.granted_usd - spent, 9)
         return out

@@ -225,8 +225,8 @@ class Processes:
         assert "listening on " in line, line
         return line.split("listening on ", 1)[1].strip()
 
-    async def relay(self, config: Path) -> tuple[subprocess.Popen[Any], str]:
-        port = _free_port()
+    async def relay(self, config: Path, port: int | None = None) -> tuple[subprocess.Popen[Any], str]:
+        port = port or _free_port()
         with open(self.tmp / "relay.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(port)],
@@ -354,8 +354,9 @@ async def test_kill_9_under_load_keeps_spent_equal_to_the_ledger(processes: Proc
     spent1 = keys[key.id][1]
     assert spent1 <= ok1 * UNIT  # a request lost in the kill is never charged twice, at most not at all
 
-    # phase 2: restart on the same database; the key's remaining balance is granted - spent so far
-    proc, url = await processes.relay(config)
+    # phase 2: restart on the same database and port (the same balance lease holder, which takes back the
+    # slice the killed process held at once); the key's remaining balance is granted - spent so far
+    proc, url = await processes.relay(config, port=int(url.rsplit(":", 1)[1]))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=30)) as http:
         answers = await asyncio.gather(
             *(chat(http, url, secret, stream=i % 2 == 0) for i in range(150)),

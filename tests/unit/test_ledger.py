@@ -76,10 +76,10 @@ class FailingStore(Store):
         super().__init__(path)
         self.fail = True
 
-    async def write_usage(self, rows):  # type: ignore[no-untyped-def]
+    async def write_usage(self, rows, holder=None):  # type: ignore[no-untyped-def]
         if self.fail:
             raise OSError("disk full")
-        return await super().write_usage(rows)
+        return await super().write_usage(rows, holder)
 
 
 async def test_a_failing_store_keeps_rows_in_order_until_it_recovers(tmp_path: Path, stores: list[Store]) -> None:
