@@ -62,12 +62,15 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     store = Store(cfg.database)
     upstream = Upstream(cfg.timeouts)
     holder = holder or f"{socket.gethostname()}:pid{os.getpid()}:{os.urandom(4).hex()}"
-    balances = Balances(store, holder, cfg.billing.lease_ttl, cfg.billing.lease_fraction)
+    balances = Balances(
+        store, holder, cfg.billing.lease_ttl, cfg.billing.lease_fraction,
+        on_store_error=lambda: metrics.store_error("balances"),
+    )
     ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written)
     keys = KeyCache(store)
     limiter = _limiter(cfg, workers)
     proxy = Proxy(cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter)
-    ops = web_ops.OpsDeps(metrics, router, store)
+    ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)
 
     app = web.Application(
         middlewares=[_errors_middleware()], client_max_size=cfg.server.max_body_bytes,

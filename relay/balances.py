@@ -119,8 +119,9 @@ class Balances:
 
     def __init__(
         self, store: LeaseStore, holder: str, ttl: float = 60.0, fraction: float = 0.25,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, on_store_error: Callable[[], None] | None = None,
     ) -> None:
+        self._on_store_error = on_store_error
         self._store = store
         self.holder = holder
         self.ttl = ttl
@@ -322,6 +323,8 @@ class Balances:
                 s.valid_until = 0.0
 
     def _store_failed(self, e: Exception) -> None:
+        if self._on_store_error is not None:
+            self._on_store_error()
         if self.store_ok:
             log.error("balance leases: the store failed (%s); spending the slices in hand for up to %.0fs",
                       type(e).__name__, self.ttl * (1 - _MARGIN))

@@ -40,6 +40,7 @@ class Ledger:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.store_ok = True  # false from a failed write until one succeeds
 
     @property
     def full(self) -> bool:
@@ -93,9 +94,18 @@ class Ledger:
             refused = await self._store.write_usage(batch, self._holder)
         except Exception as e:  # noqa: BLE001 - any store failure: keep the rows and retry later
             self._rows.extendleft(reversed(batch))
-            log.error("ledger: write of %d rows failed (%s); will retry", n, type(e).__name__)
+            self._metrics.store_error("ledger")
+            if self.store_ok:  # once per outage, not once per retry
+                log.error("ledger: the store failed (%s); %d usage rows wait in memory and are retried",
+                          type(e).__name__, len(self._rows))
+                self.store_ok = False
+                self._metrics.store_up.set(0)
             self._metrics.ledger_pending.set(len(self._rows))
             return False
+        if not self.store_ok:
+            log.warning("ledger: the store answers again; writing the %d rows that waited", len(self._rows) + n)
+            self.store_ok = True
+            self._metrics.store_up.set(1)
         if self._on_written is not None:
             # A refused row's cost reached no spent, but counting it here only leaves its slice smaller.
             costs: dict[str, float] = {}

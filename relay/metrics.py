@@ -65,6 +65,14 @@ class Metrics:
         )
         self.ledger_rows = Counter("relay_ledger_rows_written", "Usage rows written", registry=r)
         self.ledger_rejected = Counter("relay_ledger_rows_rejected", "Usage rows the store refused", registry=r)
+        self.store_up = Gauge(
+            "relay_store_up", "1 while the store (SQLite or PostgreSQL) takes the ledger's and balance keeper's calls",
+            registry=r,
+        )
+        self.store_up.set(1)
+        self._store_errors = Counter(
+            "relay_store_errors", "Failed store calls by the ledger and the balance keeper", ["caller"], registry=r,
+        )
         r.register(_RotationCollector(out_of_rotation))
         # (model, channel, status class) -> bound children; bounded like the labels themselves
         self._children: dict[tuple[str, str | None, int], tuple[Any, ...]] = {}
@@ -97,6 +105,9 @@ class Metrics:
             self._tokens.labels(m, "prompt"),
             self._tokens.labels(m, "completion"),
         )
+
+    def store_error(self, caller: str) -> None:
+        self._store_errors.labels(caller).inc()
 
     def upstream_error(self, channel: str, reason: str) -> None:
         self._upstream_errors.labels(channel, reason).inc()

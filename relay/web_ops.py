@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -20,8 +21,9 @@ _STATUS_CACHE_SECONDS = 10.0
 
 
 class OpsDeps:
-    def __init__(self, metrics: Metrics, router: Router, store: Store) -> None:
+    def __init__(self, metrics: Metrics, router: Router, store: Store, store_ok: Callable[[], bool]) -> None:
         self.metrics = metrics
+        self.store_ok = store_ok
         self.router = router
         self.store = store
         self.draining = False
@@ -44,7 +46,11 @@ def add_routes(app: web.Application, deps: OpsDeps) -> None:
     async def healthz(request: web.Request) -> web.Response:
         if deps.draining:
             return web.json_response({"status": "draining"}, status=503)
-        return web.json_response({"status": "ok"})
+        # The store down is no reason to take this process out of a load balancer: it serves on (balance
+        # slices in hand, ledger rows held in memory), so the answer stays 200 and says so.
+        if not deps.store_ok():
+            return web.json_response({"status": "degraded", "store": "down"})
+        return web.json_response({"status": "ok", "store": "ok"})
 
     async def status(request: web.Request) -> web.Response:
         return web.Response(body=await deps.status_page(), content_type="text/html", charset="utf-8")
