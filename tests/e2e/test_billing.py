@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +30,7 @@ from relay.config import hash_key
 from relay.store import Store
 from relay.types import KeyRecord
 from tests.conftest import CLIENT_KEY, RelayFactory
+from tests.procs import Answer, Processes, auth, exit_code
 
 ROOT = Path(__file__).resolve().parents[2]
 # input is free and 8 output tokens cost 8 * 125000 / 1e6 = $1 exactly
@@ -73,30 +70,6 @@ async def add_key(store: Store, **fields: Any) -> tuple[str, KeyRecord]:
         prefix=secret[:7], **fields,
     )
     return secret, await store.create_key(record)
-
-
-def auth(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    started: float = 0.0
-    ended: float = 0.0
-
-    @property
-    def error(self) -> dict[str, Any] | None:
-        if self.status < 400:
-            return None
-        return orjson.loads(self.body).get("error")
-
-    @property
-    def code(self) -> str | None:
-        err = self.error
-        return None if err is None else err.get("code")
 
 
 async def chat(
@@ -201,68 +174,6 @@ async def test_500_concurrent_requests_never_overspend_a_key(relay_factory: Rela
 # -- b. kill -9 under load ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Processes:
-    """Processes this test started; each is stopped by its own PID."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.started: list[subprocess.Popen[Any]] = []
-
-    async def fake_upstream(self, *args: str) -> str:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.fake_upstream", "--host", "127.0.0.1", "--port", "0", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        self.started.append(proc)
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 15)
-        assert "listening on " in line, line
-        return line.split("listening on ", 1)[1].strip()
-
-    async def relay(self, config: Path, port: int | None = None) -> tuple[subprocess.Popen[Any], str]:
-        port = port or _free_port()
-        with open(self.tmp / "relay.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(port)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )
-        self.started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        async with aiohttp.ClientSession() as http:
-            while True:
-                assert proc.poll() is None, f"the relay exited early:\n{self.log()}"
-                try:
-                    async with http.get(url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return proc, url
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, f"the relay did not start:\n{self.log()}"
-                await asyncio.sleep(0.05)
-
-    def log(self) -> str:
-        path = self.tmp / "relay.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            if proc.poll() is None:
-                proc.kill()  # SIGKILL to this PID only
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            if proc.stdout is not None:
-                proc.stdout.close()
-
-
 @pytest.fixture
 def processes(tmp_path: Path) -> Any:
     p = Processes(tmp_path)
@@ -270,14 +181,6 @@ def processes(tmp_path: Path) -> Any:
         yield p
     finally:
         p.stop_all()
-
-
-async def _exit_code(proc: subprocess.Popen[Any], timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while (code := proc.poll()) is None:
-        assert time.monotonic() < deadline, f"process {proc.pid} did not exit within {timeout}s"
-        await asyncio.sleep(0.05)
-    return code
 
 
 def _balances(db: Path) -> tuple[dict[str, tuple[float | None, float]], dict[str, float]]:
@@ -346,7 +249,7 @@ async def test_kill_9_under_load_keeps_spent_equal_to_the_ledger(processes: Proc
         workers = [asyncio.create_task(worker(i)) for i in range(16)]
         await asyncio.sleep(0.8)
         proc.send_signal(signal.SIGKILL)  # this PID only
-        assert await _exit_code(proc, 5) == -signal.SIGKILL
+        assert await exit_code(proc, 5) == -signal.SIGKILL
         await asyncio.wait_for(asyncio.gather(*workers), 10)
     assert ok1 > 0, "no request completed before the kill"
 
@@ -371,7 +274,7 @@ async def test_kill_9_under_load_keeps_spent_equal_to_the_ledger(processes: Proc
     assert ok2 == round(granted - spent1), (ok2, granted, spent1)
 
     proc.send_signal(signal.SIGTERM)
-    assert await _exit_code(proc, 15) == 0, processes.log()
+    assert await exit_code(proc, 15) == 0, processes.log()
     keys = _assert_consistent(db)
     assert keys[key.id][1] == spent1 + ok2 * UNIT
     assert keys[key.id][1] <= granted
