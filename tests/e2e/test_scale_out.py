@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -282,3 +283,108 @@ async def test_kill_9_of_one_relay_keeps_the_books_and_its_slice_returns_after_t
         assert (await chat(http, a, unlimited)).status == 200
         assert (await chat(http, a, secret)).code == "insufficient_quota"
     assert_books_whole(await books(database))
+
+
+class Forwarder:
+    """A TCP forwarder in front of PostgreSQL: `cut()` drops every connection and refuses new ones (the
+    database "goes down" for the relay alone), `restore()` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._links.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._links.difference_update((writer, up_writer))
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._links):
+            w.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def restore(self) -> None:
+        await self.start()
+
+
+async def test_postgres_down_requests_go_on_against_the_slices_and_rows_wait(
+    upstream: Any, database: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from relay.app import start
+    from relay.config import parse_config
+    from relay.storage import make_store
+    from tests.conftest import relay_config
+
+    parts = urlsplit(database)
+    fwd = Forwarder((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await fwd.start()
+    via = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{fwd.port}"))
+    cfg = parse_config(relay_config(upstream.url, via, prices=PRICES), os.environ)
+    runner, url = await start(cfg, "127.0.0.1", 0)
+    direct = make_store(database)
+    await direct.open()
+    try:
+        from relay.auth import new_secret
+        from relay.config import hash_key
+        from relay.types import KeyRecord
+
+        secret = new_secret()
+        key = await direct.create_key(KeyRecord(
+            id="key_" + uuid.uuid4().hex[:12], name="outage", key_hash=hash_key(secret), prefix=secret[:7],
+            granted_usd=40 * UNIT,
+        ))
+        async with aiohttp.ClientSession() as http:
+            await within(2.0, url, secret, 200, times=1)
+            assert (await chat(http, url, secret)).status == 200  # the first request leases a slice
+            await fwd.cut()
+            served = sum([(await chat(http, url, secret, stream=i % 2 == 0)).status == 200 for i in range(6)])
+            assert served == 6, "requests stopped when the database went away"
+            await asyncio.sleep(0.5)  # a few failed ledger writes
+            async with http.get(url + "/healthz") as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"status": "degraded", "store": "down"}
+            async with http.get(url + "/metrics") as resp:
+                text = await resp.text()
+            assert "relay_store_up 0.0" in text
+            assert 'relay_store_errors_total{caller="ledger"}' in text
+            failed = [r for r in caplog.records if "the store failed" in r.getMessage() and r.name == "relay.ledger"]
+            assert len(failed) == 1, [r.getMessage() for r in caplog.records]
+
+            await fwd.restore()
+            granted, spent, ledger, _ = await settled(database, key.id, timeout=15)
+            assert spent == ledger == 7 * UNIT  # nothing served during the outage was lost
+            async with http.get(url + "/healthz") as resp:
+                assert (await resp.json())["store"] == "ok"
+            assert any("answers again" in r.getMessage() for r in caplog.records if r.name == "relay.ledger")
+    finally:
+        await direct.close()
+        await runner.cleanup()
+        if fwd._server is not None:
+            await fwd.cut()
