@@ -45,7 +45,7 @@ class _SharedStateCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         up, errors = self._source()
         yield GaugeMetricFamily(
-            "relay_shared_state_up", "1 while Redis answers for account health, budgets and limits", value=int(up)
+            "relay_shared_state_up", "1 while Redis answers for shared account health and budgets", value=int(up)
         )
         yield CounterMetricFamily(
             "relay_shared_state_errors", "Calls to Redis for account health and budgets that failed", value=errors
