@@ -21,6 +21,8 @@ from .balances import Balances
 from .billing import Pricing
 from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
+from .health import Outage
+from .health_redis import RedisState, SharedBudgets
 from .ledger import Ledger
 from .metrics import Metrics
 from .limits import LocalLimiter
@@ -58,7 +60,12 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
             raise ConfigError(f"channels[{i}].type: {e}") from None
 
     router = Router(cfg.channels, cfg.retry)
-    metrics = Metrics(router.models(), lambda: [(a.channel.name, s) for a, s in router.out_of_rotation()])
+    shared = _share(cfg, router)
+    outage = None if shared is None else shared[0].outage
+    metrics = Metrics(
+        router.models(), lambda: [(a.channel.name, s) for a, s in router.out_of_rotation()],
+        None if outage is None else (lambda: (outage.up, outage.errors)),
+    )
     store = Store(cfg.database)
     upstream = Upstream(cfg.timeouts)
     holder = holder or f"{socket.gethostname()}:pid{os.getpid()}:{os.urandom(4).hex()}"
@@ -84,6 +91,9 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if isinstance(limiter, RedisLimiter):
             await limiter.start()  # an unreachable Redis stops the start with one clear line
+        if shared is not None:
+            await shared[1].start()  # budgets
+            await shared[0].start()  # health: what other processes found, read before this one serves
         await store.open()
         config_keys = [config_key_record(k) for k in cfg.client_keys]
         for record in config_keys:
@@ -98,6 +108,9 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         await keys.close()
         await ledger.close()
         await balances.close()  # after the ledger's last write: a lease goes back only once its charges are in
+        if shared is not None:
+            await shared[0].close()
+            await shared[1].close()
         if isinstance(limiter, RedisLimiter):
             await limiter.close()
         await upstream.close()
@@ -116,13 +129,30 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
 
 def _limiter(cfg: Config, workers: int) -> LocalLimiter | RedisLimiter:
     if cfg.limits.backend == "redis":
-        return RedisLimiter(cfg.limits.redis_url, fail_open=cfg.limits.fail_open, timeout=cfg.limits.timeout)
+        lm = cfg.limits
+        return RedisLimiter(lm.redis_url, fail_open=lm.fail_open, timeout=lm.timeout, prefix=lm.prefix + "rl:")
     if workers > 1:
         log.warning(
             "limits.backend is local with %d workers: each worker enforces 1/%d of every key's limits "
             "(set limits.backend: redis for exact shared limits)", workers, workers,
         )
     return LocalLimiter(share=workers)
+
+
+def _share(cfg: Config, router: Router) -> tuple[RedisState, SharedBudgets] | None:
+    """With limits.backend: redis, account health and budgets shared by every process (else the router's own)."""
+    lm = cfg.limits
+    if lm.backend != "redis":
+        return None
+    outage = Outage()
+    budgets = SharedBudgets(RedisLimiter(lm.redis_url, timeout=lm.timeout, prefix=lm.prefix + "budget:"), outage)
+    # the background reads wait longer than a request would: a slow answer there delays nobody
+    state = RedisState(
+        router, lm.redis_url, retry=cfg.retry, outage=outage, prefix=lm.prefix + "acct:",
+        interval=lm.sync_interval, timeout=max(lm.timeout, 0.5),
+    )
+    router.shared, router.budgets = state, budgets
+    return state, budgets
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -125,6 +125,8 @@ class LimitsConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     fail_open: bool = True  # Redis failing during operation: admit (true) or refuse (false)
     timeout: float = 0.05  # seconds a Redis call may take before it counts as failed
+    prefix: str = "relay:"  # Redis key prefix: <prefix>rl: key limits, acct: account health, budget: budgets
+    sync_interval: float = 0.25  # seconds between reads of the shared account health
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +230,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     b.allow("max_output_tokens", "groups", "require_prices", "lease_ttl", "lease_fraction")
     groups = b.child("groups")
     lm = root.child("limits")
-    lm.allow("backend", "redis_url", "fail_open", "timeout")
+    lm.allow("backend", "redis_url", "fail_open", "timeout", "prefix", "sync_interval")
     backend = lm.get_str("backend", "local")
     if backend not in ("local", "redis"):
         raise ConfigError(f"limits.backend: must be local or redis, not {backend!r}")
@@ -238,7 +240,12 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     limits = LimitsConfig(
         backend=backend, redis_url=redis_url, fail_open=lm.get_bool("fail_open", True),
         timeout=lm.get_float("timeout", LimitsConfig().timeout),
+        prefix=lm.get_str("prefix", LimitsConfig().prefix),
+        # at most 1 s: every process must see another's findings within a second
+        sync_interval=lm.get_float("sync_interval", LimitsConfig().sync_interval, lo=0.01, hi=1.0),
     )
+    if not limits.prefix or any(c.isspace() for c in limits.prefix):
+        raise ConfigError("limits.prefix: must be a non-empty string without spaces")
     billing = BillingConfig(
         max_output_tokens=b.get_int("max_output_tokens", 4096, lo=1),
         groups={g: groups.get_float(g, 1.0, lo=0) for g in groups.keys()},

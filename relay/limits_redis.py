@@ -140,12 +140,21 @@ class RedisLimiter:
     async def acquire(self, key_id: str, limits: Limits, tokens: int, images: int = 0) -> Decision:
         if not limits.any:
             return Decision(True)
-        specs = plan(limits, tokens, images, 1, self.time_scale)
-        correction = self._pending.pop(key_id, 0) if limits.tokens else 0
         if self._down_until:
             if time.monotonic() < self._down_until:
-                return self._unavailable(key_id, correction)
+                return self._unavailable()
             self._down_until = 0.0
+        d = await self.ask(key_id, limits, tokens, images)
+        if d is None:
+            self._down_until = time.monotonic() + self.retry_interval
+            return self._unavailable()
+        return d
+
+    async def ask(self, key_id: str, limits: Limits, tokens: int, images: int = 0) -> Decision | None:
+        """Redis's answer, or None when it failed or did not answer in time (`last_error` says why); the
+        pending correction then waits for the next call. No backing off here: that is `acquire`'s."""
+        specs = plan(limits, tokens, images, 1, self.time_scale)
+        correction = self._pending.pop(key_id, 0) if limits.tokens else 0
         keys: list[str] = []
         args: list[int | float] = []
         base = f"{self.prefix}{{{key_id}}}:"
@@ -162,8 +171,9 @@ class RedisLimiter:
                 res = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
         except (RedisError, OSError, TimeoutError) as e:
             self.last_error = f"{type(e).__name__}: {e}"
-            self._down_until = time.monotonic() + self.retry_interval
-            return self._unavailable(key_id, correction)
+            if correction:  # keep it for when Redis answers again
+                self._pending[key_id] = self._pending.get(key_id, 0) + correction
+            return None
         levels = [float(x) for x in res[3:]]
         return decide(specs, levels, int(res[1]) - 1, float(res[2]) / 1000)
 
@@ -173,9 +183,7 @@ class RedisLimiter:
         if delta and limits.tokens:
             self._pending[key_id] = self._pending.get(key_id, 0) + delta
 
-    def _unavailable(self, key_id: str, correction: int) -> Decision:
-        if correction:  # keep it for when Redis answers again
-            self._pending[key_id] = self._pending.get(key_id, 0) + correction
+    def _unavailable(self) -> Decision:
         self.errors += 1
         if self.fail_open:
             return Decision(True)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -36,8 +36,27 @@ class _RotationCollector(Collector):
         yield g
 
 
+class _SharedStateCollector(Collector):
+    """Whether the shared store (Redis) answers, and how many of its calls failed: read when scraped."""
+
+    def __init__(self, source: Callable[[], tuple[bool, int]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        up, errors = self._source()
+        yield GaugeMetricFamily(
+            "relay_shared_state_up", "1 while Redis answers for shared account health and budgets", value=int(up)
+        )
+        yield CounterMetricFamily(
+            "relay_shared_state_errors", "Calls to Redis for account health and budgets that failed", value=errors
+        )
+
+
 class Metrics:
-    def __init__(self, models: Iterable[str], out_of_rotation: Callable[[], Iterable[tuple[str, str]]]) -> None:
+    def __init__(
+        self, models: Iterable[str], out_of_rotation: Callable[[], Iterable[tuple[str, str]]],
+        shared_state: Callable[[], tuple[bool, int]] | None = None,
+    ) -> None:
         self.models = frozenset(models)
         r = self.registry = CollectorRegistry()
         self._requests = Counter(
@@ -74,6 +93,8 @@ class Metrics:
             "relay_store_errors", "Failed store calls by the ledger and the balance keeper", ["caller"], registry=r,
         )
         r.register(_RotationCollector(out_of_rotation))
+        if shared_state is not None:  # limits.backend: redis
+            r.register(_SharedStateCollector(shared_state))
         # (model, channel, status class) -> bound children; bounded like the labels themselves
         self._children: dict[tuple[str, str | None, int], tuple[Any, ...]] = {}
 

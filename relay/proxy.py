@@ -152,7 +152,17 @@ class Proxy:
         for attempt in range(self._retry.attempts):
             if attempt and time.monotonic() >= deadline:
                 break
-            account = self._router.pick(req.model, tried, trace.limit_tokens)
+            account = self._router.pick(req.model, tried)
+            while account is not None and account.budget.any:  # the account's own upstream budget
+                budgets = self._router.budgets
+                d = budgets.try_acquire(account.uid, account.budget, trace.limit_tokens)
+                if d is None:  # a shared budget: one round trip
+                    d = await budgets.acquire(account.uid, account.budget, trace.limit_tokens)
+                if d.allowed:
+                    break
+                self._router.over_budget(account, d)
+                tried.add(account)
+                account = self._router.pick(req.model, tried)
             if account is None:
                 break
             tried.add(account)

@@ -76,6 +76,9 @@ def test_shipped_config_loads_without_any_provider_key() -> None:
         ({"log_level": "loud"}, "log_level"),
         ({"limits": {"backend": "memcached"}}, "limits.backend"),
         ({"limits": {"redis_url": "http://127.0.0.1:6379"}}, "limits.redis_url"),
+        ({"limits": {"sync_interval": 5}}, "limits.sync_interval"),
+        ({"limits": {"sync_interval": "often"}}, "limits.sync_interval"),
+        ({"limits": {"prefix": "my relay:"}}, "limits.prefix"),
         ({"prices": {"m": {"input": -1}}}, "prices.m.input"),
         ({"prices": {"m": {"per_token": 1}}}, "prices.m.per_token"),
         ({"billing": {"groups": {"vip": "cheap"}}}, "billing.groups.vip"),
@@ -86,6 +89,12 @@ def test_errors_name_the_yaml_path(raw: dict[str, object], path: str) -> None:
         parse_config(raw, {})
     assert str(e.value).startswith(path + ":")
     assert "\n" not in str(e.value)
+
+
+def test_shared_state_options() -> None:
+    assert (parse_config({}, {}).limits.prefix, parse_config({}, {}).limits.sync_interval) == ("relay:", 0.25)
+    lm = parse_config({"limits": {"backend": "redis", "prefix": "team-a:", "sync_interval": 0.5}}, {}).limits
+    assert (lm.prefix, lm.sync_interval) == ("team-a:", 0.5)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from collections import Counter
 
 from relay.config import ChannelConfig, RetryConfig
 from relay.errors import UpstreamFailure
-from relay.router import Router
+from relay.router import Account, Router
 
 
 class Clock:
@@ -116,21 +116,46 @@ def test_model_map_and_unknown_model() -> None:
     assert r.pick("other") is None and not r.serves("other")
 
 
+def take(r: Router, exclude: set[Account] | None = None, tokens: int = 0) -> Account | None:
+    """A pick whose budget is then taken, as the proxy does: a refused account is reported and skipped."""
+    skip = set(exclude or ())
+    while (acc := r.pick("m", skip)) is not None:
+        d = r.budgets.try_acquire(acc.uid, acc.budget, tokens)
+        assert d is not None  # in-process budgets answer at once
+        if d.allowed:
+            return acc
+        r.over_budget(acc, d)
+        skip.add(acc)
+    return None
+
+
 def test_account_budget_skips_a_spent_account_and_reports_when_one_is_back() -> None:
     clock = Clock()
     ch = ChannelConfig(name="a", type="openai", base_url="http://x", keys=("k0", "k1"), models=("m",), rpm=2, tpm=1000)
     r = Router([ch], RetryConfig(), clock)
-    assert picks(r, 4) == {"a#0": 2, "a#1": 2}
-    assert r.pick("m") is None
+    assert Counter(take(r).label for _ in range(4)) == {"a#0": 2, "a#1": 2}  # type: ignore[union-attr]
+    assert take(r) is None
     wait = r.retry_after("m")
     assert wait is not None and 29 < wait <= 30  # one request of 2 per minute refills in 30 s
+    assert r.pick("m") is None  # a spent request budget is not asked again before then
     clock.now += 30
-    assert r.pick("m") is not None
+    assert take(r) is not None
     # tokens: an estimate larger than what is left skips the account; a settle refunds the unused part
     clock.now += 1000
-    a0 = r.pick("m", tokens=900)
+    a0 = take(r, tokens=900)
     assert a0 is not None
-    assert r.pick("m", {a0}, tokens=900) is not None  # the other account
-    assert r.pick("m", tokens=900) is None
+    assert take(r, {a0}, tokens=900) is not None  # the other account
+    assert take(r, tokens=900) is None
+    wait = r.retry_after("m")
+    assert wait is not None and 47 < wait <= 48  # 800 tokens short at 1000 a minute
     r.settle_budget(a0, 900, 100)  # the request used 100 of the 900 it was admitted on
-    assert r.pick("m", tokens=800) is a0
+    assert take(r, tokens=800) is a0
+
+
+def test_accounts_are_named_by_a_hash_of_their_key() -> None:
+    r = Router([channel("a", 2), channel("b", 1)], RetryConfig())
+    uids = [a.uid for a in r.accounts]
+    assert len(set(uids)) == 3 and all(len(u) == 16 for u in uids)
+    assert not any("k0" in u or "k1" in u for u in uids)
+    again = Router([channel("b", 1), channel("a", 2, priority=5)], RetryConfig())  # another config, same keys
+    assert {a.key: a.uid for a in again.accounts} == {a.key: a.uid for a in r.accounts}
