@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -34,6 +34,16 @@ class _RotationCollector(Collector):
         for (channel, state), n in counts.items():
             g.add_metric([channel, state], n)
         yield g
+
+
+class _RestartsCollector(Collector):
+    def __init__(self, source: Callable[[], int]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "relay_worker_restarts", "Workers the supervisor restarted after they died", value=self._source(),
+        )
 
 
 class Metrics:
@@ -111,6 +121,10 @@ class Metrics:
 
     def upstream_error(self, channel: str, reason: str) -> None:
         self._upstream_errors.labels(channel, reason).inc()
+
+    def worker_restarts(self, source: Callable[[], int]) -> None:
+        """Expose relay_worker_restarts_total, read from `source` at each scrape (the supervisor's count)."""
+        self.registry.register(_RestartsCollector(source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
