@@ -95,6 +95,7 @@ def one_run(logdir: Path, fake: Proc, workers: int, tag: str, prm: argparse.Name
         relay.stop()
     ok = r.get("ok") or 0
     return {"workers": workers, "ok": ok, "errors": r.get("errors"), "cpu_s": r["cpu_s"],
+            "outside_cpu_s": r.get("outside_cpu_s", 0.0), "wall_s": r.get("wall_s", 0.0),
             "cpu_ms_per_req": r["cpu_s"] / ok * 1000 if ok else None, "memory": mem}
 
 
@@ -117,7 +118,8 @@ def main() -> int:
                     r = one_run(logdir, fake, n, f"{n}w{rnd}", prm)
                     runs[n].append(r)
                     print(f"round {rnd + 1}, {n} worker(s): {r['ok']} ok, {r['errors']} errors, "
-                          f"{r['cpu_ms_per_req']:.3f} ms CPU/request", file=sys.stderr, flush=True)
+                          f"{r['cpu_ms_per_req']:.3f} ms CPU/request (other load on the machine: "
+                          f"{r['outside_cpu_s'] / max(r['wall_s'], 1e-9):.2f} CPUs)", file=sys.stderr, flush=True)
         finally:
             fake.stop()
 
