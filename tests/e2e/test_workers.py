@@ -16,27 +16,45 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
-from tests.e2e.test_shutdown import AUTH, PROMPT, ROOT, Procs, _stop, free_port, wait_exit
+from tests.conftest import CLIENT_KEY
+from tests.procs import ROOT, Processes, auth, exit_code, free_port
 
+AUTH = auth(CLIENT_KEY)
+PROMPT = [{"role": "user", "content": "Tell me about supervisors."}]
 TOKENIZER_MB = 80  # o200k_base alone, loaded (cl100k_base adds more)
 
 
 @pytest.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
-    p = Procs(tmp_path)
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    p = Processes(tmp_path)
     try:
         yield p
     finally:
-        for proc in reversed(p.started):
-            _stop(proc)
+        p.stop_all()
+
+
+def write_config(tmp: Path, upstream_url: str, database: str | None = None, **server: Any) -> Path:
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "server": {"host": "127.0.0.1", **server},
+        "database": database or str(tmp / "relay.db"),
+        "client_keys": [{"name": "test", "key": CLIENT_KEY}],
+        "channels": [{"name": "fake", "type": "openai", "base_url": upstream_url,
+                      "keys": ["acct-0", "acct-1", "acct-2"], "models": ["demo"]}],
+        "prices": {"demo": {"input": 1, "output": 2}},
+        "ledger": {"flush_interval": 0.05},
+        "log_level": "info",
+    }))
+    return path
 
 
 def children(pid: int) -> set[int]:
@@ -57,7 +75,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def full_log(procs: Procs) -> str:
+def full_log(procs: Processes) -> str:
     path = procs.tmp / "relay.log"
     return path.read_text(errors="replace") if path.exists() else ""
 
@@ -70,18 +88,15 @@ def private_mb(pid: int) -> float:
     return kb / 1024
 
 
-async def start_workers(procs: Procs, config: Path, workers: int, healthy: bool = True) -> tuple[subprocess.Popen[Any], str]:
+async def start_workers(procs: Processes, config: Path, workers: int, healthy: bool = True) -> tuple[subprocess.Popen[Any], str]:
     """`python -m relay serve --workers N`; with `healthy`, returns once all N workers are listening."""
     port = free_port()
-    log = open(procs.tmp / "relay.log", "wb")  # noqa: SIM115 - the child owns it
-    try:
+    with open(procs.tmp / "relay.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(port),
              "--workers", str(workers)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
-    finally:
-        log.close()
     procs.started.append(proc)
     url = f"http://127.0.0.1:{port}"
     if healthy:
@@ -109,7 +124,7 @@ class Sent:
 
 async def test_a_killed_worker_is_restarted_and_sigterm_stops_all(procs):
     upstream = await procs.fake_upstream("--latency-ms", "20")
-    relay, url = await start_workers(procs, procs.write_config(upstream, shutdown_grace=5), 2)
+    relay, url = await start_workers(procs, write_config(procs.tmp, upstream, shutdown_grace=5), 2)
     first = children(relay.pid)
     assert len(first) == 2
 
@@ -161,14 +176,13 @@ async def test_a_killed_worker_is_restarted_and_sigterm_stops_all(procs):
 
     assert re.search(rf"worker \d \(pid {victim}\) killed by signal 9 \(SIGKILL\); restarted as pid {new}\b", full_log(procs))
     relay.send_signal(signal.SIGTERM)
-    assert await wait_exit(relay, 30) == 0, procs.log()
+    assert await exit_code(relay, 30) == 0, procs.log()
     assert not any(alive(pid) for pid in first | {new})
 
 
 async def test_a_worker_that_cannot_start_is_retried_with_a_back_off(procs, tmp_path):
     upstream = await procs.fake_upstream()
-    config = procs.write_config(upstream)
-    config.write_text(config.read_text().replace(str(tmp_path / "relay.db"), str(tmp_path)))  # a directory
+    config = write_config(tmp_path, upstream, database=str(tmp_path))  # a directory: SQLite cannot open it
     relay, _ = await start_workers(procs, config, 2, healthy=False)
     await wait_for(lambda: "tokenizer loaded" in full_log(procs), 30, f"the parent did not start:\n{procs.log()}")
     started = time.monotonic()  # the first workers are forked right after this line
@@ -183,13 +197,13 @@ async def test_a_worker_that_cannot_start_is_retried_with_a_back_off(procs, tmp_
     assert "after a 1 s back-off" in log
     workers = children(relay.pid)
     relay.send_signal(signal.SIGTERM)
-    await wait_exit(relay, 15)
+    await exit_code(relay, 15)
     assert not any(alive(pid) for pid in workers)
 
 
 async def test_workers_share_the_tokenizer_loaded_once_by_the_parent(procs, tmp_path):
     upstream = await procs.fake_upstream("--chunk-delay-ms", "20", "--chunks", "30")
-    relay, url = await start_workers(procs, procs.write_config(upstream), 2)
+    relay, url = await start_workers(procs, write_config(procs.tmp, upstream), 2)
     workers = children(relay.pid)
 
     # streams the client leaves after the first event: the upstream reports no usage, so each worker counts
@@ -222,4 +236,4 @@ async def test_workers_share_the_tokenizer_loaded_once_by_the_parent(procs, tmp_
         # a worker that loaded its own copy would hold at least TOKENIZER_MB of its own
         assert private_mb(pid) < TOKENIZER_MB * 0.6, (pid, private_mb(pid))
     relay.send_signal(signal.SIGTERM)
-    assert await wait_exit(relay, 30) == 0, procs.log()
+    assert await exit_code(relay, 30) == 0, procs.log()
