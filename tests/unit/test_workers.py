@@ -114,7 +114,7 @@ def test_a_configuration_error_in_a_first_worker_stops_the_command_with_2(tmp_pa
         assert proc.wait(timeout=15) == 2
         _, err = proc.communicate(timeout=10)
         assert "could not start (configuration)" in err
-        assert len(_pids(tmp_path)) == 2  # no restart
+        assert "restarted as" not in err and len(_pids(tmp_path)) <= 2  # no retry (the other may be stopped first)
     finally:
         proc.kill()
 
