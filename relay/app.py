@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -31,6 +32,7 @@ from .proxy import RATE_LIMIT_HEADERS, Proxy
 from .router import Router
 from .store import Store
 from .upstream import Upstream
+from .workers import CONFIG_ERROR, RestartCounter, supervise
 
 __all__ = ["LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
 
@@ -257,11 +259,16 @@ async def start(
     return runner, f"http://{host or cfg.server.host}:{bound}"
 
 
-async def _serve(cfg: Config, host: str, port: int, workers: int, slot: int = 0) -> None:
+async def _serve(
+    cfg: Config, host: str, port: int, workers: int, slot: int = 0, restarts: Callable[[], int] | None = None,
+) -> None:
     # The tokenizer (for usage the upstream did not report) takes ~0.5 s to load and holds the GIL while
-    # it does: load it before serving, not on the first request that needs it.
+    # it does: load it before serving, not on the first request that needs it. (A worker finds it loaded
+    # by the parent: this is then a cache hit.)
     tokens.preload()
     runner, url = await start(cfg, host, port, reuse_port=workers > 1, workers=workers, slot=slot)
+    if restarts is not None:
+        runner.app[METRICS].worker_restarts(restarts)  # type: ignore[union-attr]
     models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
     log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)
     gc.freeze()  # what startup built lives for the whole run: keep it out of every collection
@@ -307,34 +314,43 @@ def _check_port(host: str, port: int, reuse_port: bool) -> None:
 
 
 def _run_workers(cfg: Config, host: str, port: int, workers: int) -> int:
-    """N processes on one port (SO_REUSEPORT); the parent forwards SIGTERM/SIGINT and waits."""
-    children: list[int] = []
-    for slot in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                _run_loop(_serve(cfg, host, port, workers, slot))
-            except BaseException:  # noqa: BLE001
-                log.exception("worker failed")
-                code = 1
-            os._exit(code)
-        children.append(pid)
+    """N processes on one port (SO_REUSEPORT) under a supervisor that restarts them (relay/workers.py).
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    What is read-only and costly is loaded here, once, before the first fork: the tokenizer (80-94 MB of
+    vocabularies) and the modules a worker would import. gc.freeze() then moves every object the parent
+    holds out of the collector's reach, so no collection in a worker writes to those pages and they stay
+    shared copy-on-write: an extra worker costs its own heap, not another copy of all that.
+    """
+    gc.collect()  # the garbage of startup, freed before the freeze: its holes are refilled by what follows
+    gc.disable()  # and no collection between here and the forks leaves new holes in shared pages
+    loaded = time.monotonic()
+    tokens.preload()
+    _import_uvloop()
+    log.info("tokenizer loaded in %.2f s (pid %d), shared by %d workers", time.monotonic() - loaded, os.getpid(), workers)
+    restarts = RestartCounter()
+    gc.freeze()
+    gc.enable()  # collections skip the frozen objects, in the parent and in every worker
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or (os.waitstatus_to_exitcode(code) != 0)
-    return int(status)
+    def work(slot: int) -> int:
+        try:
+            _run_loop(_serve(cfg, host, port, workers, slot, restarts.value))
+        except ConfigError as e:  # e.g. an unreachable Redis at start: the command's one line, status 2
+            print(f"relay: config error: {e}", file=sys.stderr)
+            return CONFIG_ERROR
+        except BaseException:  # noqa: BLE001 - the supervisor restarts it
+            log.exception("worker %d failed", slot)
+            return 1
+        return 0
+
+    # each worker drains within shutdown_grace; past that (and runner.cleanup's own 5 s) something is stuck
+    return supervise(workers, work, restarts, stop_timeout=cfg.server.shutdown_grace + 15.0)
+
+
+def _import_uvloop() -> None:
+    try:
+        import uvloop  # noqa: F401 - imported once in the parent, shared by the workers
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def configure_logging(level: str) -> None:

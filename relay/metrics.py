@@ -52,6 +52,16 @@ class _SharedStateCollector(Collector):
         )
 
 
+class _RestartsCollector(Collector):
+    def __init__(self, source: Callable[[], int]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "relay_worker_restarts", "Workers the supervisor restarted after they died", value=self._source(),
+        )
+
+
 class Metrics:
     def __init__(
         self, models: Iterable[str], out_of_rotation: Callable[[], Iterable[tuple[str, str]]],
@@ -132,6 +142,10 @@ class Metrics:
 
     def upstream_error(self, channel: str, reason: str) -> None:
         self._upstream_errors.labels(channel, reason).inc()
+
+    def worker_restarts(self, source: Callable[[], int]) -> None:
+        """Expose relay_worker_restarts_total, read from `source` at each scrape (the supervisor's count)."""
+        self.registry.register(_RestartsCollector(source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

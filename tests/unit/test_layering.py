@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 # Each module may import only modules listed before it (adapters count as one layer).
 ORDER = [
     "types", "config", "errors", "admin_openapi", "sse", "tokens", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters", "metrics", "store", "auth", "router",
-    "health_redis", "upstream", "ledger", "proxy", "web_api", "web_ops", "web_admin", "app", "cli",
+    "health_redis", "upstream", "ledger", "proxy", "web_api", "web_ops", "web_admin", "workers", "app", "cli",
 ]
 ONLY_IN = {"aiosqlite": {"store"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis"}}
 
