@@ -50,9 +50,9 @@ def _connect(path: str) -> sqlite3.Connection:
     except sqlite3.DatabaseError as e:
         db.close()
         raise NotARelayDatabase(f"--from: {path} is not a SQLite database ({e})") from None
-    if not {"keys", "usage"} <= tables:
+    if "usage" not in tables:  # a ledger from before keys were stored has no keys table: no keys to copy
         db.close()
-        raise NotARelayDatabase(f"--from: {path} is not a relay database (it has no keys and usage tables)")
+        raise NotARelayDatabase(f"--from: {path} is not a relay database (it has no usage table)")
     return db
 
 
@@ -74,6 +74,8 @@ async def copy_sqlite(path: str, store: PgStore) -> CopyCounts:
     """Copy the relay database at `path` into the opened PostgreSQL store."""
     with contextlib.closing(_connect(path)) as db:
         db.execute("BEGIN")  # one snapshot for keys and ledger alike
-        keys: list[KeyRecord] = [key_from_row(r) for r in db.execute(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY rev")]
+        keys: list[KeyRecord] = []
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'").fetchone():
+            keys = [key_from_row(r) for r in db.execute(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY rev")]
         counts = await store.copy_in(keys, _usage_batches(db))
     return CopyCounts(*counts)
