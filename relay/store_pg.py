@@ -51,10 +51,21 @@ _INSERT_ONE = (
     f"INSERT INTO usage ({_COLS}) VALUES ({', '.join(f'${i}' for i in range(1, len(USAGE_COLUMNS) + 1))}) "
     "ON CONFLICT (request_id) DO NOTHING RETURNING key_id, cost_usd"
 )
+# Rows are locked in key order first (keys, then the holder's leases), so two processes writing batches
+# that share keys, or a batch and a lease call, wait for each other instead of deadlocking.
+_LOCK_KEYS = "SELECT 1 FROM keys WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
 _ADD_SPENT = (
     "UPDATE keys SET spent_usd = keys.spent_usd + s.usd FROM unnest($1::text[], $2::float8[]) AS s(id, usd) "
     "WHERE keys.id = s.id"
 )
+_LOCK_LEASES = "SELECT 1 FROM leases WHERE holder = $1 AND key_id = ANY($2::text[]) ORDER BY key_id FOR UPDATE"
+_PAY_FROM_LEASES = (
+    "UPDATE leases SET amount_usd = GREATEST(leases.amount_usd - s.usd, 0) "
+    "FROM unnest($2::text[], $3::float8[]) AS s(id, usd) WHERE leases.holder = $1 AND leases.key_id = s.id"
+)
+_NOW = "extract(epoch from now())::float8"  # the server's clock: every process's leases expire by one clock
+# A lease is granted when the free balance covers what is needed within this much (float sums of prices).
+_LEASE_EPSILON = 1e-9
 _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 _KEY_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 18))
 
@@ -111,10 +122,11 @@ class PgStore:
 
     # -- ledger -------------------------------------------------------------------------------------------
 
-    async def write_usage(self, rows: Sequence[UsageRecord]) -> int:
+    async def write_usage(self, rows: Sequence[UsageRecord], holder: str | None = None) -> int:
         """Write rows, and add their cost to each key's spent, in one transaction; returns rows refused.
 
-        If the batch fails as a whole, each row is tried on its own (a savepoint each) so one bad row cannot
+        With a `holder`, the same transaction lowers that holder's balance lease of each key by the cost
+        added to its spent (the lease paid for it). If the batch fails as a whole, each row is tried on its own (a savepoint each) so one bad row cannot
         drop the others. A request id already written is skipped and its cost not counted again. A failure
         of the database itself propagates: the caller keeps the rows.
         """
@@ -125,7 +137,7 @@ class PgStore:
             try:
                 async with conn.transaction():
                     written = await conn.fetch(_INSERT_MANY, *(list(c) for c in zip(*values)))
-                    await _add_spent(conn, written)
+                    await _add_spent(conn, written, holder)
                 return 0
             except _BAD_ROW:
                 pass
@@ -139,7 +151,7 @@ class PgStore:
                     except _BAD_ROW as e:
                         refused += 1
                         log.error("usage row %s refused by the store: %s", v[0], type(e).__name__)
-                await _add_spent(conn, written)
+                await _add_spent(conn, written, holder)
             return refused
 
     async def spent_by_ledger(self) -> dict[str, float]:
@@ -148,6 +160,71 @@ class PgStore:
 
     async def count_usage(self) -> int:
         return int(await self.pool.fetchval("SELECT COUNT(*) FROM usage"))
+
+    # -- balance leases -----------------------------------------------------------------------------------
+
+    async def lease(
+        self, key_id: str, holder: str, need: float, fraction: float, ttl: float, at_least: float | None = None,
+    ) -> tuple[float, float] | None:
+        """Grow `holder`'s lease of the key's balance and extend it `ttl` seconds (as Store.lease does).
+
+        Returns (the lease's amount now, what is still free after it), or None: the key has no balance
+        limit (or is gone). The key's row is locked first (FOR UPDATE), so lease calls from any number of
+        processes go one at a time per key and never hand out more than granted - spent - live leases.
+        """
+        least = need if at_least is None else at_least
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(f"SELECT granted_usd, spent_usd, {_NOW} FROM keys WHERE id = $1 FOR UPDATE", key_id)
+            if row is None or row[0] is None:
+                return None
+            granted, spent, now = row
+            mine = others = 0.0
+            for h, amount in await conn.fetch(
+                "SELECT holder, amount_usd FROM leases WHERE key_id = $1 AND expires_at > $2", key_id, now
+            ):
+                if h == holder:
+                    mine = amount
+                else:
+                    others += amount
+            free = granted - spent - others - mine
+            grant = 0.0
+            if free > 0 and free + _LEASE_EPSILON >= least:
+                grant = min(free, max(need, free * fraction))
+            await conn.execute("DELETE FROM leases WHERE key_id = $1 AND expires_at <= $2", key_id, now)
+            await conn.execute(
+                "INSERT INTO leases (key_id, holder, amount_usd, expires_at) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (key_id, holder) DO UPDATE SET amount_usd = excluded.amount_usd, "
+                "expires_at = excluded.expires_at",
+                key_id, holder, mine + grant, now + ttl,
+            )
+        return mine + grant, max(free - grant, 0.0)
+
+    async def renew_leases(self, holder: str, ttl: float) -> dict[str, float]:
+        """Extend every live lease of `holder` by `ttl` seconds; returns key id -> amount of those still live.
+
+        A lease missing from the answer has expired: its money may already be leased to another process.
+        """
+        rows = await self.pool.fetch(
+            f"WITH live AS (SELECT key_id FROM leases WHERE holder = $1 AND expires_at > {_NOW} "
+            "ORDER BY key_id FOR UPDATE) "
+            f"UPDATE leases SET expires_at = {_NOW} + $2 FROM live WHERE leases.holder = $1 AND leases.key_id = live.key_id "
+            "RETURNING leases.key_id, leases.amount_usd",
+            holder, float(ttl),
+        )
+        return {k: float(a) for k, a in rows}
+
+    async def release_leases(self, holder: str, key_ids: Iterable[str] | None = None) -> None:
+        """Give back what `holder` leased (of these keys, or all): call only after its charges are written."""
+        if key_ids is None:
+            await self.pool.execute("DELETE FROM leases WHERE holder = $1", holder)
+        else:
+            await self.pool.execute("DELETE FROM leases WHERE holder = $1 AND key_id = ANY($2::text[])", holder, list(key_ids))
+
+    async def leased(self, key_id: str) -> float:
+        """Money of the key held by live leases (granted - spent - this is what no process holds)."""
+        return float(await self.pool.fetchval(
+            f"SELECT COALESCE(SUM(amount_usd), 0) FROM leases WHERE key_id = $1 AND expires_at > {_NOW}", key_id
+        ))
 
     # -- keys ---------------------------------------------------------------------------------------------
 
@@ -318,13 +395,18 @@ class PgStore:
         return keys_copied, len(keys) - keys_copied, rows_copied, rows_total - rows_copied
 
 
-async def _add_spent(conn: asyncpg.Connection, written: Iterable[asyncpg.Record]) -> None:
+async def _add_spent(conn: asyncpg.Connection, written: Iterable[asyncpg.Record], holder: str | None) -> None:
     spent: dict[str, float] = {}
     for key_id, cost in written:
         if cost:
             spent[key_id] = spent.get(key_id, 0.0) + cost
     if spent:
-        await conn.execute(_ADD_SPENT, list(spent), list(spent.values()))
+        ids, usd = list(spent), list(spent.values())
+        await conn.execute(_LOCK_KEYS, ids)
+        await conn.execute(_ADD_SPENT, ids, usd)
+        if holder is not None:
+            await conn.execute(_LOCK_LEASES, holder, ids)
+            await conn.execute(_PAY_FROM_LEASES, holder, ids, usd)
 
 
 _STREAM = USAGE_COLUMNS.index("stream")

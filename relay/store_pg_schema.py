@@ -59,4 +59,16 @@ CREATE INDEX IF NOT EXISTS keys_prefix ON keys (prefix);
 # SQLite's version 2 adds cost_usd to a ledger from before billing; a PostgreSQL ledger always had it.
 _V2 = "ALTER TABLE usage ADD COLUMN IF NOT EXISTS cost_usd double precision NOT NULL DEFAULT 0"
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# Balance leases: money of a key set aside for one process (see PgStore.lease); times by the server's clock.
+_V3 = """
+CREATE TABLE IF NOT EXISTS leases (
+    key_id     text             NOT NULL,
+    holder     text             NOT NULL,
+    amount_usd double precision NOT NULL CHECK (amount_usd >= 0),
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (key_id, holder)
+);
+CREATE INDEX IF NOT EXISTS leases_holder ON leases (holder);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)

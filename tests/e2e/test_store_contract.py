@@ -239,3 +239,85 @@ async def test_opening_migrates_once_and_reports_the_version(open_store: OpenSto
     assert {s.schema_version for s in stores} == {len(next(s for s in stores if s.applied).applied)}
     again = await open_store()
     assert again.applied == () and again.schema_version == stores[0].schema_version
+
+
+# -- balance leases -----------------------------------------------------------------------------------------
+
+
+async def test_concurrent_leases_never_hand_out_more_than_is_free(open_store: OpenStore) -> None:
+    """50 lease calls at once from five connections (as five processes would) share $8 and no more."""
+    stores = [await open_store() for _ in range(5)]
+    await stores[0].create_key(key(1, granted_usd=10.0))
+    await stores[0].write_usage([row(1, cost_usd=2.0)])  # spent: what is free is 10 - 2
+    got = await asyncio.gather(*(
+        stores[i % 5].lease("key_1", f"holder-{i}", need=0.3, fraction=0.25, ttl=30) for i in range(50)
+    ))
+    amounts = [g[0] for g in got if g is not None]
+    assert len(amounts) == 50
+    assert sum(amounts) <= 8.0 + 1e-9
+    assert sum(amounts) > 8.0 - 0.3  # everything but less than one `need` was handed out
+    assert await stores[0].leased("key_1") == pytest.approx(sum(amounts))
+    assert min(a for a in amounts if a > 0) >= 0.3 - 1e-12  # no grant smaller than what was needed
+    # what any call reported as still free after it is never more than what it left
+    assert all(g[1] >= 0 for g in got if g is not None)
+
+
+async def test_a_lease_grows_by_a_fraction_of_what_is_free(store: Storage) -> None:
+    await store.create_key(key(1, granted_usd=10.0))
+    await store.create_key(key(2))
+    assert await store.lease("key_1", "p1", need=1.0, fraction=0.5, ttl=30) == (5.0, 5.0)
+    assert await store.lease("key_1", "p1", need=1.0, fraction=0.5, ttl=30) == (7.5, 2.5)  # its own lease grows
+    assert await store.lease("key_1", "p2", need=2.0, fraction=0.1, ttl=30) == (2.0, 0.5)  # at least `need`
+    assert await store.lease("key_1", "p3", need=1.0, fraction=0.5, ttl=30) == (0.0, 0.5)  # less free than needed
+    assert await store.lease("key_1", "p3", need=1.0, fraction=1.0, ttl=30, at_least=0.5) == (0.5, 0.0)
+    assert await store.leased("key_1") == 10.0
+    assert await store.lease("key_2", "p1", need=1.0, fraction=0.5, ttl=30) is None  # no balance limit
+    assert await store.lease("key_none", "p1", need=1.0, fraction=0.5, ttl=30) is None
+
+
+async def test_an_expired_lease_is_reclaimed(open_store: OpenStore) -> None:
+    store, other = await open_store(), await open_store()
+    await store.create_key(key(1, granted_usd=10.0))
+    assert await store.lease("key_1", "gone", need=10.0, fraction=1.0, ttl=0.5) == (10.0, 0.0)
+    assert await other.lease("key_1", "p2", need=1.0, fraction=1.0, ttl=30) == (0.0, 0.0)
+    await store.release_leases("gone")
+    assert await store.lease("key_1", "gone", need=10.0, fraction=1.0, ttl=0.5) == (10.0, 0.0)
+    await asyncio.sleep(0.7)
+    assert await store.leased("key_1") == 0.0
+    assert await store.renew_leases("gone", 30) == {}  # too late: its money may be someone else's now
+    assert await other.lease("key_1", "p2", need=1.0, fraction=1.0, ttl=30) == (10.0, 0.0)
+
+
+async def test_renew_and_release_leases(store: Storage) -> None:
+    for n in (1, 2, 3):
+        await store.create_key(key(n, granted_usd=4.0))
+        await store.lease(f"key_{n}", "p1", need=1.0, fraction=0.5, ttl=0.5)
+    await store.lease("key_1", "p2", need=1.0, fraction=0.5, ttl=30)
+    assert await store.renew_leases("p1", 30) == {"key_1": 2.0, "key_2": 2.0, "key_3": 2.0}
+    await asyncio.sleep(0.7)
+    assert await store.leased("key_2") == 2.0  # renewed: still live after its first ttl
+    await store.release_leases("p1", ["key_2"])
+    assert await store.renew_leases("p1", 30) == {"key_1": 2.0, "key_3": 2.0}
+    await store.release_leases("p1")
+    assert await store.renew_leases("p1", 30) == {}
+    assert await store.leased("key_1") == 1.0  # p2's lease is untouched
+
+
+async def test_write_usage_pays_from_the_holders_lease(store: Storage) -> None:
+    await store.create_key(key(1, granted_usd=10.0))
+    await store.create_key(key(2, granted_usd=10.0))
+    await store.lease("key_1", "p1", need=5.0, fraction=0.0, ttl=30)
+    await store.lease("key_2", "p1", need=1.0, fraction=0.0, ttl=30)
+    await store.lease("key_1", "p2", need=1.0, fraction=0.0, ttl=30)
+    rows = [row(1, cost_usd=1.0), row(2, cost_usd=0.5), row(3, key_id="key_2", cost_usd=3.0)]
+    assert await store.write_usage(rows, "p1") == 0
+    assert await store.leased("key_1") == 3.5 + 1.0  # p1's 5 - 1.5, p2's untouched
+    assert await store.leased("key_2") == 0.0  # a lease never goes below zero
+    spent = {k.id: k.spent_usd for k in await store.list_keys()}
+    assert spent == {"key_1": 1.5, "key_2": 3.0}
+    # a retried batch pays nothing twice, a bad row pays nothing; without a holder no lease changes
+    assert await store.write_usage([row(1, cost_usd=1.0), row(4, cost_usd=-1.0), row(5, cost_usd=0.5)], "p1") == 1
+    assert await store.leased("key_1") == 3.0 + 1.0
+    await store.write_usage([row(6, cost_usd=1.0)])
+    assert await store.leased("key_1") == 3.0 + 1.0
+    assert (await store.get_key("key_1")).spent_usd == 3.0  # type: ignore[union-attr]
