@@ -14,7 +14,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -22,6 +22,7 @@ import aiosqlite
 from .store_api import (
     ADMIN_KEY_FIELDS, KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, column_value, key_from_row, usage_row,
 )
+from .store_schema import COST_COLUMN, MIGRATIONS
 from .types import KeyRecord, UsageRecord
 
 __all__ = ["ADMIN_KEY_FIELDS", "MIGRATIONS", "Availability", "Store"]
@@ -35,79 +36,15 @@ _INSERT = (
     "ON CONFLICT (request_id) DO NOTHING"
 )
 
-# Version 1: the schema as it stood when versions began (IF NOT EXISTS: a file from then already has it).
-_V1 = (
-    """CREATE TABLE IF NOT EXISTS usage (
-    id                INTEGER PRIMARY KEY,
-    request_id        TEXT    NOT NULL UNIQUE,
-    ts                REAL    NOT NULL,
-    key_id            TEXT    NOT NULL,
-    model             TEXT    NOT NULL,
-    endpoint          TEXT    NOT NULL,
-    channel           TEXT,
-    account           INTEGER,
-    status            INTEGER NOT NULL,
-    end_reason        TEXT    NOT NULL,
-    prompt_tokens     INTEGER NOT NULL CHECK (prompt_tokens >= 0),
-    completion_tokens INTEGER NOT NULL CHECK (completion_tokens >= 0),
-    usage_source      TEXT    NOT NULL,
-    latency_ms        REAL    NOT NULL,
-    ttft_ms           REAL,
-    stream            INTEGER NOT NULL,
-    attempts          INTEGER NOT NULL,
-    cost_usd          REAL    NOT NULL DEFAULT 0 CHECK (cost_usd >= 0)
-)""",
-    "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts)",
-    "CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts)",
-    """CREATE TABLE IF NOT EXISTS keys (
-    id          TEXT    PRIMARY KEY,
-    name        TEXT    NOT NULL,
-    key_hash    TEXT    NOT NULL UNIQUE,
-    prefix      TEXT    NOT NULL,
-    models      TEXT    NOT NULL DEFAULT '[]',
-    status      TEXT    NOT NULL DEFAULT 'active',
-    expires_at  REAL,
-    granted_usd REAL,
-    spent_usd   REAL    NOT NULL DEFAULT 0,
-    rpm INTEGER, rpd INTEGER, tpm INTEGER, tpd INTEGER, ipm INTEGER,
-    ip_allow    TEXT    NOT NULL DEFAULT '[]',
-    grp         TEXT    NOT NULL DEFAULT 'default',
-    created_at  REAL    NOT NULL,
-    rev         INTEGER NOT NULL
-)""",
-    "CREATE INDEX IF NOT EXISTS keys_rev ON keys (rev)",
-)
 
-
-async def _v1(db: aiosqlite.Connection) -> None:
-    for statement in _V1:
+async def _apply(db: aiosqlite.Connection, version: int) -> None:
+    for statement in MIGRATIONS[version - 1]:
+        if statement == COST_COLUMN:
+            async with db.execute("PRAGMA table_info(usage)") as cur:
+                if "cost_usd" in {row[1] async for row in cur}:
+                    continue  # a ledger from after billing already has it
         await db.execute(statement)
 
-
-async def _v2(db: aiosqlite.Connection) -> None:
-    """A ledger written before billing has no cost_usd: its rows cost 0."""
-    async with db.execute("PRAGMA table_info(usage)") as cur:
-        columns = {row[1] async for row in cur}
-    if "cost_usd" not in columns:
-        await db.execute("ALTER TABLE usage ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0 CHECK (cost_usd >= 0)")
-
-
-async def _v3(db: aiosqlite.Connection) -> None:
-    """Balance leases: money of a key set aside for one process (see Store.lease)."""
-    await db.execute(
-        """CREATE TABLE IF NOT EXISTS leases (
-    key_id     TEXT NOT NULL,
-    holder     TEXT NOT NULL,
-    amount_usd REAL NOT NULL CHECK (amount_usd >= 0),
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (key_id, holder)
-)"""
-    )
-    await db.execute("CREATE INDEX IF NOT EXISTS leases_holder ON leases (holder)")
-
-
-# Version i is MIGRATIONS[i - 1]; the file's PRAGMA user_version is the last one applied.
-MIGRATIONS: tuple[Callable[[aiosqlite.Connection], Awaitable[None]], ...] = (_v1, _v2, _v3)
 
 _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 # A lease is granted when the free balance covers what is needed within this much (float sums of prices).
@@ -144,7 +81,7 @@ class Store:
                 version = await self._user_version()
                 applied = []
                 for number in range(version + 1, len(MIGRATIONS) + 1):
-                    await MIGRATIONS[number - 1](db)
+                    await _apply(db, number)
                     applied.append(number)
                 await db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
                 await db.commit()

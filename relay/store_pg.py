@@ -313,7 +313,8 @@ class PgStore:
         """Requests, tokens and cost grouped by any of key, model, day (UTC)."""
         columns = {"key": "key_id", "model": "model", "day": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
         group = [columns[b] for b in by]
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if key_id is not None:
             args.append(key_id)
             where.append(f"key_id = ${len(args)}")

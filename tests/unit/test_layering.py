@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 # Each module may import only modules listed before it (adapters count as one layer).
 ORDER = [
     "types", "config", "errors", "admin_openapi", "sse", "tokens", "usage", "billing", "balances", "limits", "limits_redis", "adapters", "metrics",
-    "store_api", "store", "store_pg_schema", "store_pg", "storage", "auth", "router",
+    "store_api", "store_schema", "store", "store_pg_schema", "store_pg", "storage", "auth", "router",
     "upstream", "ledger", "proxy", "web_api", "web_ops", "web_admin", "app", "dbcopy", "cli",
 ]
 ONLY_IN = {"aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis"}}
