@@ -30,7 +30,7 @@ from .limits import LocalLimiter
 from .limits_redis import RedisLimiter
 from .proxy import RATE_LIMIT_HEADERS, Proxy
 from .router import Router
-from .store import Store
+from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
 
@@ -39,7 +39,7 @@ __all__ = ["LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
 log = logging.getLogger("relay")
 
 ROUTER = web.AppKey("router", Router)
-STORE = web.AppKey("store", Store)
+STORE = web.AppKey("store", Storage)  # type: ignore[type-abstract]
 LEDGER = web.AppKey("ledger", Ledger)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
@@ -68,7 +68,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         router.models(), lambda: [(a.channel.name, s) for a, s in router.out_of_rotation()],
         None if outage is None else (lambda: (outage.up, outage.errors)),
     )
-    store = Store(cfg.database)
+    store = make_store(cfg.database)
     upstream = Upstream(cfg.timeouts)
     holder = holder or f"{socket.gethostname()}:pid{os.getpid()}:{os.urandom(4).hex()}"
     balances = Balances(

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from .config import ClientKeyConfig, hash_key
 from .errors import PermissionDenied, Unauthorized
-from .store import Store
+from .store_api import Storage
 from .types import KeyRecord
 
 __all__ = ["KeyCache", "KeyResolver", "authenticate", "check_key", "extract_key", "key_allows", "new_secret"]
@@ -61,7 +61,7 @@ class ConfigKeys:
 class KeyCache:
     """Every key of the store, by hash, refreshed by polling the store's change counter."""
 
-    def __init__(self, store: Store, poll_interval: float = 0.25) -> None:
+    def __init__(self, store: Storage, poll_interval: float = 0.25) -> None:
         self._store = store
         self._poll = poll_interval
         self._by_hash: dict[str, KeyRecord] = {}

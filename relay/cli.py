@@ -1,8 +1,8 @@
-"""The `relay` command: serve | keys create|list|revoke|topup | usage.
+"""The `relay` command: serve | keys create|list|revoke|topup | usage | db migrate|copy.
 
-The key and usage commands open the configured SQLite database directly, so they work whether or not the
-relay is running (WAL and a busy timeout let them share the file); a running relay picks up their changes
-within its key cache's poll interval.
+The key and usage commands open the configured database directly (a SQLite file or PostgreSQL), so they
+work whether or not the relay is running (WAL and a busy timeout let them share a SQLite file); a running
+relay picks up their changes within its key cache's poll interval.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import orjson
 
 from .config import Config, ConfigError, load_config
 from .errors import RelayError
-from .store import Store
+from .dbcopy import NotARelayDatabase, check_source, copy_sqlite
+from .storage import DATABASE_ERRORS, Storage, is_postgres, make_store, mask_url
+from .store_pg import PgStore
 from .types import KeyRecord
 from .web_admin import LIMITS, create_key, day_start, key_fields, resolve_key, topup_usd
 
@@ -104,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--key", metavar="KEY", help="only this key (id or displayed prefix)")
     u.add_argument("--since", metavar="DATE", help="from this day on (YYYY-MM-DD, UTC)")
     u.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+    d = sub.add_parser("db", help="the database's schema, and moving an embedded database to PostgreSQL")
+    ds = d.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    m = ds.add_parser("migrate", help="create or upgrade the schema (the relay also does this at start)")
+    m.add_argument("--config", required=True, help="path to config.yaml")
+    cp = ds.add_parser("copy", help="copy a SQLite deployment (keys, balances, ledger) into the config's PostgreSQL")
+    cp.add_argument("--from", dest="source", required=True, metavar="SQLITE_FILE", help="the relay.db to copy")
+    cp.add_argument("--config", required=True, help="path to config.yaml (its database: a postgresql:// URL)")
     return p
 
 
@@ -128,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"relay: {e}", file=sys.stderr)
         return 2
-    except sqlite3.Error as e:
-        print(f"relay: database error ({cfg.database}): {e}", file=sys.stderr)
+    except DATABASE_ERRORS as e:
+        print(f"relay: database error ({mask_url(cfg.database)}): {_first_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -142,16 +153,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_db_command(cfg: Config, args: argparse.Namespace) -> int:
-    command: Callable[[Store, argparse.Namespace], Awaitable[None]]
+    command: Callable[[Storage, argparse.Namespace], Awaitable[None]]
     if args.command == "usage":
         command = _usage
+    elif args.command == "db":
+        command = {"migrate": _migrate, "copy": _copy}[args.action]
     else:
         command = {"create": _create, "list": _list, "revoke": _revoke, "topup": _topup}[args.action]
 
+    if args.command == "db" and args.action == "copy" and not is_postgres(cfg.database):
+        raise UserError(
+            f"db copy: the config's database is not PostgreSQL ({cfg.database}): set database: postgresql://... "
+            "to the database to copy into"
+        )
+    if args.command == "db" and args.action == "copy":
+        try:
+            check_source(args.source)
+        except NotARelayDatabase as e:
+            raise UserError(f"db copy: {e}") from None
     _check_database(cfg.database)
 
     async def run() -> None:
-        store = Store(cfg.database)
+        store = make_store(cfg.database)
         try:
             await store.open()
             await command(store, args)
@@ -168,7 +191,19 @@ def _run_db_command(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _check_database(path: str) -> None:
-    """Open the file once before the store does, so a path that cannot be a database is one clear line."""
+    """Open the file once before the store does, so a path that cannot be a database is one clear line.
+
+    A PostgreSQL URL is checked for its shape only; an unreachable server is the store's error (status 1).
+    """
+    if is_postgres(path):
+        try:
+            parts = urlsplit(path)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as e:
+            raise UserError(f"config error: database: not a valid PostgreSQL URL ({mask_url(path)}): {e}") from None
+        if not parts.hostname and "host=" not in parts.query:
+            raise UserError(f"config error: database: {mask_url(path)} names no host")
+        return
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
             db.execute("PRAGMA schema_version")
@@ -180,7 +215,28 @@ def _check_database(path: str) -> None:
 _FLAGS = {"quota_usd": "quota", "expires_at": "expires", "ip_allow": "ip", "usd": "usd", "since": "since", "id": ""}
 
 
-async def _create(store: Store, args: argparse.Namespace) -> None:
+async def _migrate(store: Storage, args: argparse.Namespace) -> None:
+    if store.applied:
+        print(f"schema at version {store.schema_version} (applied {', '.join(map(str, store.applied))})")
+    else:
+        print(f"schema already at version {store.schema_version}")
+
+
+async def _copy(store: Storage, args: argparse.Namespace) -> None:
+    assert isinstance(store, PgStore)
+    try:
+        counts = await copy_sqlite(args.source, store)
+    except NotARelayDatabase as e:
+        raise UserError(f"db copy: {e}") from None
+    print(counts)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+async def _create(store: Storage, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"name": args.name}
     if args.quota is not None:
         body["quota_usd"] = args.quota
@@ -206,7 +262,7 @@ async def _create(store: Store, args: argparse.Namespace) -> None:
     print(secret)
 
 
-async def _list(store: Store, args: argparse.Namespace) -> None:
+async def _list(store: Storage, args: argparse.Namespace) -> None:
     keys = await store.list_keys()
     if args.json:
         for k in keys:
@@ -220,7 +276,7 @@ async def _list(store: Store, args: argparse.Namespace) -> None:
     _table(["ID", "PREFIX", "NAME", "STATUS", "GRANTED", "SPENT", "REMAINING", "LIMITS", "EXPIRES"], rows, right=frozenset({4, 5, 6}))
 
 
-async def _revoke(store: Store, args: argparse.Namespace) -> None:
+async def _revoke(store: Storage, args: argparse.Namespace) -> None:
     record = await resolve_key(store, args.key)
     if record.status == "revoked":
         print(f"{record.id} ({record.prefix}, {record.name}) was already revoked")
@@ -229,7 +285,7 @@ async def _revoke(store: Store, args: argparse.Namespace) -> None:
     print(f"{record.id} ({record.prefix}, {record.name}) revoked")
 
 
-async def _topup(store: Store, args: argparse.Namespace) -> None:
+async def _topup(store: Storage, args: argparse.Namespace) -> None:
     topup_usd(args.usd)
     record = await resolve_key(store, args.key)
     if record.granted_usd is None:
@@ -242,7 +298,7 @@ async def _topup(store: Store, args: argparse.Namespace) -> None:
           f"spent {_money(updated.spent_usd)}, remaining {_money(remaining)}")
 
 
-async def _usage(store: Store, args: argparse.Namespace) -> None:
+async def _usage(store: Storage, args: argparse.Namespace) -> None:
     key_id = (await resolve_key(store, args.key)).id if args.key else None
     since = day_start("since", args.since) if args.since is not None else None
     rows = await store.usage_summary(key_id, since, ("key", "model", "day"))

@@ -253,13 +253,17 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         lease_ttl=b.get_float("lease_ttl", BillingConfig().lease_ttl, lo=1),
         lease_fraction=b.get_float("lease_fraction", BillingConfig().lease_fraction, lo=0.01, hi=1),
     )
+    database = root.get_str("database", "relay.db") or "relay.db"
+    scheme = database.split("://", 1)[0] if "://" in database else None
+    if scheme is not None and scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"database: a SQLite file or a postgresql:// URL, not a {scheme}:// URL")
     log_level = root.get_str("log_level", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level: must be one of debug, info, warning, error")
     return Config(
         server=srv,
         admin_token=root.get_str("admin_token", "") or None,
-        database=root.get_str("database", "relay.db") or "relay.db",
+        database=database,
         channels=channels,
         client_keys=keys,
         prices=prices,

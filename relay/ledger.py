@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from .config import LedgerConfig
 from .metrics import Metrics
-from .store import Store
+from .store_api import Storage
 from .types import UsageRecord
 
 __all__ = ["Ledger"]
@@ -28,7 +28,7 @@ class Ledger:
     `on_written` hears which costs each written batch moved into spent (key id -> USD)."""
 
     def __init__(
-        self, store: Store, cfg: LedgerConfig, metrics: Metrics, holder: str | None = None,
+        self, store: Storage, cfg: LedgerConfig, metrics: Metrics, holder: str | None = None,
         on_written: Callable[[Mapping[str, float]], None] | None = None,
     ) -> None:
         self._store = store

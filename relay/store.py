@@ -15,119 +15,40 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
-from operator import attrgetter
 from typing import Any
 
 import aiosqlite
-import orjson
 
+from .store_api import (
+    ADMIN_KEY_FIELDS, KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, column_value, key_from_row, usage_row,
+)
+from .store_schema import COST_COLUMN, MIGRATIONS
 from .types import KeyRecord, UsageRecord
 
-__all__ = ["ADMIN_KEY_FIELDS", "Availability", "Store"]
+__all__ = ["ADMIN_KEY_FIELDS", "MIGRATIONS", "Availability", "Store"]
 
 log = logging.getLogger("relay.store")
 
-_COLUMNS = [f.name for f in fields(UsageRecord)]
-_ROW = attrgetter(*_COLUMNS)  # a record as a flat tuple (dataclasses.astuple deep-copies: 10x slower)
+_ROW = usage_row
 # A request id already written is skipped (a retried batch); any other constraint failure is an error.
 _INSERT = (
-    f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' for _ in USAGE_COLUMNS)}) "
     "ON CONFLICT (request_id) DO NOTHING"
 )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-    id                INTEGER PRIMARY KEY,
-    request_id        TEXT    NOT NULL UNIQUE,
-    ts                REAL    NOT NULL,
-    key_id            TEXT    NOT NULL,
-    model             TEXT    NOT NULL,
-    endpoint          TEXT    NOT NULL,
-    channel           TEXT,
-    account           INTEGER,
-    status            INTEGER NOT NULL,
-    end_reason        TEXT    NOT NULL,
-    prompt_tokens     INTEGER NOT NULL CHECK (prompt_tokens >= 0),
-    completion_tokens INTEGER NOT NULL CHECK (completion_tokens >= 0),
-    usage_source      TEXT    NOT NULL,
-    latency_ms        REAL    NOT NULL,
-    ttft_ms           REAL,
-    stream            INTEGER NOT NULL,
-    attempts          INTEGER NOT NULL,
-    cost_usd          REAL    NOT NULL DEFAULT 0 CHECK (cost_usd >= 0)
-);
-CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
-CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts);
-CREATE TABLE IF NOT EXISTS keys (
-    id          TEXT    PRIMARY KEY,
-    name        TEXT    NOT NULL,
-    key_hash    TEXT    NOT NULL UNIQUE,
-    prefix      TEXT    NOT NULL,
-    models      TEXT    NOT NULL DEFAULT '[]',
-    status      TEXT    NOT NULL DEFAULT 'active',
-    expires_at  REAL,
-    granted_usd REAL,
-    spent_usd   REAL    NOT NULL DEFAULT 0,
-    rpm INTEGER, rpd INTEGER, tpm INTEGER, tpd INTEGER, ipm INTEGER,
-    ip_allow    TEXT    NOT NULL DEFAULT '[]',
-    grp         TEXT    NOT NULL DEFAULT 'default',
-    created_at  REAL    NOT NULL,
-    rev         INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS keys_rev ON keys (rev);
-CREATE TABLE IF NOT EXISTS leases (
-    key_id     TEXT NOT NULL,
-    holder     TEXT NOT NULL,
-    amount_usd REAL NOT NULL CHECK (amount_usd >= 0),
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (key_id, holder)
-);
-CREATE INDEX IF NOT EXISTS leases_holder ON leases (holder);
-"""
 
-# Columns the operator may change; spent_usd is the relay's alone.
-ADMIN_KEY_FIELDS = (
-    "name", "models", "status", "expires_at", "granted_usd", "rpm", "rpd", "tpm", "tpd", "ipm", "ip_allow", "group",
-)
-_KEY_COLUMNS = (
-    "id, name, key_hash, prefix, models, status, expires_at, granted_usd, spent_usd, rpm, rpd, tpm, tpd, ipm, "
-    "ip_allow, grp, created_at, rev"
-)
+async def _apply(db: aiosqlite.Connection, version: int) -> None:
+    for statement in MIGRATIONS[version - 1]:
+        if statement == COST_COLUMN:
+            async with db.execute("PRAGMA table_info(usage)") as cur:
+                if "cost_usd" in {row[1] async for row in cur}:
+                    continue  # a ledger from after billing already has it
+        await db.execute(statement)
+
+
 _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 # A lease is granted when the free balance covers what is needed within this much (float sums of prices).
 _LEASE_EPSILON = 1e-9
-
-
-def _key(row: Sequence[Any]) -> KeyRecord:
-    (id_, name, key_hash, prefix, models, status, expires_at, granted, spent, rpm, rpd, tpm, tpd, ipm,
-     ip_allow, grp, created_at, rev) = row
-    return KeyRecord(
-        id=id_, name=name, key_hash=key_hash, prefix=prefix, models=tuple(orjson.loads(models)), status=status,
-        expires_at=expires_at, granted_usd=granted, spent_usd=spent, rpm=rpm, rpd=rpd, tpm=tpm, tpd=tpd, ipm=ipm,
-        ip_allow=tuple(orjson.loads(ip_allow)), group=grp, created_at=created_at, rev=rev,
-    )
-
-
-def _column_value(field: str, value: Any) -> tuple[str, Any]:
-    if field in ("models", "ip_allow"):
-        return field, orjson.dumps(list(value or ())).decode()
-    if field == "group":
-        return "grp", value or "default"
-    return field, value
-
-
-@dataclass(frozen=True, slots=True)
-class Availability:
-    scope: str  # "model" or "channel"
-    name: str
-    ok: int
-    failed: int
-
-    @property
-    def share(self) -> float | None:
-        total = self.ok + self.failed
-        return self.ok / total if total else None
 
 
 class Store:
@@ -136,18 +57,49 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         # One connection serves the ledger flusher and the lease keeper: their transactions must not interleave.
         self._tx = asyncio.Lock()
+        self.schema_version = 0
+        self.applied: tuple[int, ...] = ()
 
     async def open(self) -> None:
         self._db = await aiosqlite.connect(self.path)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._db.executescript(_SCHEMA)
-        async with self._db.execute("PRAGMA table_info(usage)") as cur:
-            columns = {row[1] async for row in cur}
-        if "cost_usd" not in columns:  # a ledger written before billing
-            await self._db.execute("ALTER TABLE usage ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0")
-        await self._db.commit()
+        await self._migrate()
+
+    async def _migrate(self) -> None:
+        """Apply the migrations the file lacks, each recorded in PRAGMA user_version.
+
+        BEGIN IMMEDIATE takes the write lock before the version is read, so a second process opening the
+        file at the same moment waits (busy_timeout) and then finds the migrations applied.
+        """
+        db = self.db
+        version = await self._user_version()
+        if version < len(MIGRATIONS):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                version = await self._user_version()
+                applied = []
+                for number in range(version + 1, len(MIGRATIONS) + 1):
+                    await _apply(db, number)
+                    applied.append(number)
+                await db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+            self.applied = tuple(applied)
+            version = len(MIGRATIONS)
+        if version > len(MIGRATIONS):
+            raise SchemaError(
+                f"schema version {version} is newer than this relay knows ({len(MIGRATIONS)}): upgrade the relay"
+            )
+        self.schema_version = version
+
+    async def _user_version(self) -> int:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def close(self) -> None:
         if self._db is not None:
@@ -310,11 +262,11 @@ class Store:
         """Insert a new key; id, hash and prefix come from the caller (the secret never reaches the store)."""
         now = time.time()
         await self.db.execute(
-            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,?,?,?,?,?,?,?,?,{_NEXT_REV})",
+            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,?,?,?,?,?,?,?,?,{_NEXT_REV})",
             (
-                record.id, record.name, record.key_hash, record.prefix, _column_value("models", record.models)[1],
+                record.id, record.name, record.key_hash, record.prefix, column_value("models", record.models)[1],
                 record.status, record.expires_at, record.granted_usd, record.rpm, record.rpd, record.tpm,
-                record.tpd, record.ipm, _column_value("ip_allow", record.ip_allow)[1], record.group or "default",
+                record.tpd, record.ipm, column_value("ip_allow", record.ip_allow)[1], record.group or "default",
                 record.created_at or now,
             ),
         )
@@ -326,12 +278,12 @@ class Store:
     async def sync_config_key(self, record: KeyRecord) -> None:
         """Keys listed in config.yaml: inserted once, their hash, name and models kept in step."""
         await self.db.execute(
-            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,'active',NULL,NULL,0,NULL,NULL,NULL,NULL,NULL,"
+            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,'active',NULL,NULL,0,NULL,NULL,NULL,NULL,NULL,"
             f"'[]','default',?,{_NEXT_REV}) ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, "
             "name = excluded.name, prefix = excluded.prefix, models = excluded.models, status = 'active', "
             "rev = excluded.rev WHERE keys.key_hash != excluded.key_hash OR keys.models != excluded.models "
             "OR keys.status != 'active'",
-            (record.id, record.name, record.key_hash, record.prefix, _column_value("models", record.models)[1],
+            (record.id, record.name, record.key_hash, record.prefix, column_value("models", record.models)[1],
              time.time()),
         )
         await self.db.commit()
@@ -348,23 +300,23 @@ class Store:
 
     async def get_key(self, ref: str) -> KeyRecord | None:
         """By id, or by displayed prefix when exactly one key has it."""
-        async with self.db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (ref,)) as cur:
+        async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (ref,)) as cur:
             row = await cur.fetchone()
         if row is None:
-            async with self.db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE prefix = ? LIMIT 2", (ref,)) as cur:
+            async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys WHERE prefix = ? LIMIT 2", (ref,)) as cur:
                 rows = await cur.fetchall()
             row = rows[0] if len(rows) == 1 else None
-        return _key(row) if row else None
+        return key_from_row(row) if row else None
 
     async def list_keys(self) -> list[KeyRecord]:
-        async with self.db.execute(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, id") as cur:
-            return [_key(r) async for r in cur]
+        async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id") as cur:
+            return [key_from_row(r) async for r in cur]
 
     async def keys_changed_since(self, rev: int) -> list[KeyRecord]:
         async with self.db.execute(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE rev > ? ORDER BY rev", (rev,)
+            f"SELECT {KEY_COLUMNS} FROM keys WHERE rev > ? ORDER BY rev", (rev,)
         ) as cur:
-            return [_key(r) async for r in cur]
+            return [key_from_row(r) async for r in cur]
 
     async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
         """Change admin fields; unknown fields are a programming error."""
@@ -372,7 +324,7 @@ class Store:
         for name, value in changes.items():
             if name not in ADMIN_KEY_FIELDS:
                 raise ValueError(f"not an admin field: {name}")
-            column, v = _column_value(name, value)
+            column, v = column_value(name, value)
             sets.append(f"{column} = ?")
             args.append(v)
         if sets:

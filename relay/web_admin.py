@@ -29,7 +29,7 @@ from .balances import Balances
 from .config import Config, hash_key
 from .admin_openapi import OPENAPI
 from .errors import InvalidRequest, NotFound, PermissionDenied, RelayError, Unauthorized
-from .store import Store
+from .storage import Storage, make_store
 from .types import KeyRecord
 
 __all__ = [
@@ -171,7 +171,7 @@ def key_fields(data: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     return out
 
 
-async def resolve_key(store: Store, ref: str) -> KeyRecord:
+async def resolve_key(store: Storage, ref: str) -> KeyRecord:
     """A key by id or displayed prefix; NotFound (saying why) otherwise."""
     record = await store.get_key(ref)
     if record is not None:
@@ -181,7 +181,7 @@ async def resolve_key(store: Store, ref: str) -> KeyRecord:
     raise NotFound(f"No key has the id or prefix '{ref}'.", param="id", code="key_not_found")
 
 
-async def create_key(store: Store, fields: Mapping[str, Any]) -> tuple[KeyRecord, str]:
+async def create_key(store: Storage, fields: Mapping[str, Any]) -> tuple[KeyRecord, str]:
     """A new key from checked fields; returns its record and the secret (which is stored only as a hash)."""
     taken = {k.prefix for k in await store.list_keys()}
     secret = new_secret()
@@ -210,13 +210,13 @@ def day_start(param: str, value: str) -> float:
 class AdminDeps:
     """What the admin routes need: config, the key cache and balances of this process, and a store."""
 
-    def __init__(self, cfg: Config, store: Store, keys: KeyCache, balances: Balances) -> None:
+    def __init__(self, cfg: Config, store: Storage, keys: KeyCache, balances: Balances) -> None:
         self.cfg = cfg
         self.keys = keys
         self.balances = balances
         # Its own connection (see the module docstring); an in-memory database cannot be shared that way.
         self.own_store = cfg.admin_token is not None and cfg.database != ":memory:"
-        self.store = Store(cfg.database) if self.own_store else store
+        self.store = make_store(cfg.database) if self.own_store else store
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         if self.own_store:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .metrics import CONTENT_TYPE, Metrics
 from .router import Router
-from .store import Availability, Store
+from .store_api import Availability, Storage
 
 __all__ = ["OpsDeps", "add_routes"]
 
@@ -21,7 +21,7 @@ _STATUS_CACHE_SECONDS = 10.0
 
 
 class OpsDeps:
-    def __init__(self, metrics: Metrics, router: Router, store: Store, store_ok: Callable[[], bool]) -> None:
+    def __init__(self, metrics: Metrics, router: Router, store: Storage, store_ok: Callable[[], bool]) -> None:
         self.metrics = metrics
         self.store_ok = store_ok
         self.router = router

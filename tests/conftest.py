@@ -115,7 +115,7 @@ async def relay_factory(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Rel
     runners: list[web.AppRunner] = []
 
     async def make(**overrides: Any) -> Relay:
-        db = str(tmp_path / f"relay{len(runners)}.db")
+        db = overrides.pop("database", None) or str(tmp_path / f"relay{len(runners)}.db")  # or a postgresql:// URL
         cfg = parse_config(relay_config(upstream.url, db, **overrides), os.environ)
         runner, url = await start(cfg, "127.0.0.1", 0)
         runners.append(runner)

@@ -102,3 +102,13 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "server: [1,"), env={})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_database_may_be_a_postgresql_url_with_its_password_from_the_environment(tmp_path: Path) -> None:
+    text = BASE.replace("database: data/relay.db", "database: postgresql://relay:${PGPASS}@db.internal:5432/relay")
+    cfg = load_config(write(tmp_path, text), env={"K1": "x", "PGPASS": "pw"})
+    assert cfg.database == "postgresql://relay:pw@db.internal:5432/relay"  # not made relative to the config file
+    short = load_config(write(tmp_path, text.replace("postgresql://", "postgres://")), env={"K1": "x", "PGPASS": "pw"})
+    assert short.database == "postgres://relay:pw@db.internal:5432/relay"
+    with pytest.raises(ConfigError, match=r"^database: .*not a mysql:// URL"):
+        load_config(write(tmp_path, text.replace("postgresql://", "mysql://")), env={"K1": "x", "PGPASS": "pw"})

@@ -1,0 +1,74 @@
+"""The PostgreSQL schema as an ordered list of migrations; version i is MIGRATIONS[i - 1].
+
+The versions mean the same as the SQLite store's (relay/store.py MIGRATIONS), so a database of either kind
+at version N holds the same tables. Floats are double precision (costs compare to the cent, sums of whole
+dollars are exact); times are unix seconds, as in SQLite. Applied by PgStore.open under an advisory lock.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_LOCK", "REV_LOCK"]
+
+# pg_advisory_xact_lock keys (per database): one for migrations, one serializing key-table rev bumps.
+SCHEMA_LOCK = 0x72656C6179_0001  # "relay" 1
+REV_LOCK = 0x72656C6179_0002
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS usage (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    request_id        text             NOT NULL UNIQUE,
+    ts                double precision NOT NULL,
+    key_id            text             NOT NULL,
+    model             text             NOT NULL,
+    endpoint          text             NOT NULL,
+    channel           text,
+    account           integer,
+    status            integer          NOT NULL,
+    end_reason        text             NOT NULL,
+    prompt_tokens     bigint           NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens bigint           NOT NULL CHECK (completion_tokens >= 0),
+    usage_source      text             NOT NULL,
+    latency_ms        double precision NOT NULL,
+    ttft_ms           double precision,
+    stream            boolean          NOT NULL,
+    attempts          integer          NOT NULL,
+    cost_usd          double precision NOT NULL DEFAULT 0 CHECK (cost_usd >= 0 AND cost_usd < 'Infinity')
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts);
+CREATE TABLE IF NOT EXISTS keys (
+    id          text             PRIMARY KEY,
+    name        text             NOT NULL,
+    key_hash    text             NOT NULL UNIQUE,
+    prefix      text             NOT NULL,
+    models      text             NOT NULL DEFAULT '[]',
+    status      text             NOT NULL DEFAULT 'active',
+    expires_at  double precision,
+    granted_usd double precision,
+    spent_usd   double precision NOT NULL DEFAULT 0,
+    rpm bigint, rpd bigint, tpm bigint, tpd bigint, ipm bigint,
+    ip_allow    text             NOT NULL DEFAULT '[]',
+    grp         text             NOT NULL DEFAULT 'default',
+    created_at  double precision NOT NULL,
+    rev         bigint           NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_rev ON keys (rev);
+CREATE INDEX IF NOT EXISTS keys_prefix ON keys (prefix);
+"""
+
+# SQLite's version 2 adds cost_usd to a ledger from before billing; a PostgreSQL ledger always had it.
+_V2 = "ALTER TABLE usage ADD COLUMN IF NOT EXISTS cost_usd double precision NOT NULL DEFAULT 0"
+
+# Balance leases: money of a key set aside for one process (see PgStore.lease); times by the server's clock.
+_V3 = """
+CREATE TABLE IF NOT EXISTS leases (
+    key_id     text             NOT NULL,
+    holder     text             NOT NULL,
+    amount_usd double precision NOT NULL CHECK (amount_usd >= 0),
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (key_id, holder)
+);
+CREATE INDEX IF NOT EXISTS leases_holder ON leases (holder);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
