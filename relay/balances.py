@@ -251,8 +251,9 @@ class Balances:
                 log.warning("balance leases not given back (%s); they expire in %.0fs", type(e).__name__, self.ttl)
 
     async def _run(self) -> None:
-        interval = self.ttl / 3
         while True:
+            # the store failing: try again every second (a renewal tells when it is back), else every ttl / 3
+            interval = self.ttl / 3 if self.store_ok else min(1.0, self.ttl / 3)
             wait = max(0.0, self._renewed + interval - self._clock())
             if not self._asked:
                 try:
