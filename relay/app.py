@@ -20,6 +20,8 @@ from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .balances import Balances
 from .billing import Pricing
+from .bindings import ResponseBindings
+from .bindings_redis import RedisBindings
 from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
 from .health import Outage
@@ -61,7 +63,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         except LookupError as e:
             raise ConfigError(f"channels[{i}].type: {e}") from None
 
-    router = Router(cfg.channels, cfg.retry)
+    router = Router(cfg.channels, cfg.retry, sticky_ttl=cfg.routing.sticky_ttl)
     shared = _share(cfg, router)
     outage = None if shared is None else shared[0].outage
     metrics = Metrics(
@@ -78,7 +80,14 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written)
     keys = KeyCache(store)
     limiter = _limiter(cfg, workers)
-    proxy = Proxy(cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter)
+    redis_bindings = (
+        RedisBindings(cfg.limits.redis_url, cfg.limits.prefix + "resp:") if cfg.limits.backend == "redis" else None
+    )
+    bindings = ResponseBindings(redis_bindings or store, cfg.routing.response_ttl)
+    proxy = Proxy(
+        cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
+    )
+    metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
     ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)
 
     app = web.Application(
@@ -86,7 +95,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
-    web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger))
+    web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
     web_ops.add_routes(app, ops)
     app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
 
@@ -106,9 +115,13 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         await upstream.start()
         ledger.start()
         balances.start()
+        bindings.start()
         yield
         await keys.close()
         await ledger.close()
+        await bindings.close()
+        if redis_bindings is not None:
+            await redis_bindings.close()
         await balances.close()  # after the ledger's last write: a lease goes back only once its charges are in
         if shared is not None:
             await shared[0].close()

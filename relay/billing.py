@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import BillingConfig, PriceConfig
+from .endpoints import ENDPOINTS
 from .errors import PermissionDenied
 from .types import RelayRequest, Usage
 
-__all__ = ["Pricing"]
+__all__ = ["Pricing", "output_limit"]
 
 _FREE = PriceConfig(free=True)
 # Speech uploads carry no duration the relay can read; 128 kbit/s (16 kB/s) is the common encoding.
@@ -28,7 +29,10 @@ class Pricing:
         self._prices = prices
         self._cfg = cfg
 
-    def price(self, model: str) -> PriceConfig:
+    def price(self, model: str, endpoint: str | None = None) -> PriceConfig:
+        ep = ENDPOINTS.get(endpoint) if endpoint is not None else None
+        if ep is not None and ep.pricing == "none":
+            return _FREE
         p = self._prices.get(model)
         if p is not None:
             return p
@@ -48,9 +52,10 @@ class Pricing:
             return fixed
         body: Mapping[str, Any] = req.json or {}
         prompt = prompt_tokens * _PROMPT_MARGIN * price.input / 1e6
-        if req.endpoint in ("embeddings", "moderations"):
+        fields = _output_fields(req)
+        if not fields:
             return prompt
-        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        limit = next((body[f] for f in fields if body.get(f) is not None), None)
         output = _int(limit, self._cfg.max_output_tokens) * max(1, _int(body.get("n"), 1))
         return prompt + output * price.output / 1e6
 
@@ -69,15 +74,17 @@ class Pricing:
 
     def _fixed_cost(self, price: PriceConfig, req: RelayRequest) -> float | None:
         """The cost of requests priced by what they ask for, not by tokens: known before they run."""
-        if price.free:
+        ep = ENDPOINTS.get(req.endpoint)
+        if price.free or (ep is not None and ep.pricing == "none"):
             return 0.0
         body: Mapping[str, Any] = req.json or {}
-        if req.endpoint == "images/generations":
+        pricing = ep.pricing if ep is not None else "tokens"
+        if pricing == "images":
             return _int(body.get("n"), 1) * _image_price(price, body)
-        if req.endpoint == "audio/speech":
+        if pricing == "speech":
             text = body.get("input")
             return len(text) * price.characters / 1e6 if isinstance(text, str) else 0.0
-        if req.form:
+        if pricing == "upload" or req.form:
             return self._upload_minutes(req) * price.minute
         return None
 
@@ -89,6 +96,21 @@ class Pricing:
                 f.spool.seek(0, 2)
                 size += f.spool.tell()
         return size / _UPLOAD_BYTES_PER_SECOND / 60
+
+
+def _output_fields(req: RelayRequest) -> tuple[str, ...]:
+    ep = ENDPOINTS.get(req.endpoint)
+    return ep.output_fields if ep is not None else ("max_completion_tokens", "max_tokens")
+
+
+def output_limit(req: RelayRequest, default: int) -> int:
+    """The output tokens the request may produce: its own cap (the endpoint's field), else `default`;
+    0 for endpoints with no output tokens."""
+    fields = _output_fields(req)
+    if not fields:
+        return 0
+    body: Mapping[str, Any] = req.json or {}
+    return _int(next((body[f] for f in fields if body.get(f) is not None), None), default)
 
 
 def _int(value: object, default: int) -> int:

@@ -27,6 +27,7 @@ __all__ = [
     "LimitsConfig",
     "PriceConfig",
     "RetryConfig",
+    "RoutingConfig",
     "ServerConfig",
     "TimeoutConfig",
     "load_config",
@@ -71,6 +72,12 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    sticky_ttl: float = 600.0  # a prompt-cache key keeps its account this long after its last use
+    response_ttl: float = 30 * 86400.0  # how long a response id stays bound to the account that made it
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerConfig:
     flush_interval: float = 0.5
     batch_size: int = 1000
@@ -91,6 +98,8 @@ class ChannelConfig:
     tpm: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     api_version: str | None = None
+    responses: bool = True  # openai/azure: the upstream has a Responses API (false: served over chat)
+    vendor: str | None = None  # who makes its models, for /v1/models' owned_by (default: from type and base_url)
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -149,6 +158,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=lambda: LimitsConfig())
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     log_level: str = "info"
     skipped_channels: tuple[str, ...] = ()  # channels left out because their keys are unset
@@ -190,7 +200,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root.mapping()
     root.allow(
         "server", "admin_token", "database", "channels", "client_keys", "prices", "billing", "limits",
-        "timeouts", "retry", "ledger", "log_level",
+        "timeouts", "retry", "routing", "ledger", "log_level",
     )
     server = root.child("server")
     srv = ServerConfig(
@@ -215,6 +225,12 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         max_cooldown=r.get_float("max_cooldown", RetryConfig().max_cooldown, lo=0),
         failure_threshold=r.get_int("failure_threshold", RetryConfig().failure_threshold, lo=1),
         failure_cooldown=r.get_float("failure_cooldown", RetryConfig().failure_cooldown, lo=0),
+    )
+    rt = root.child("routing")
+    rt.allow(*RoutingConfig.__slots__)  # type: ignore[attr-defined]
+    routing = RoutingConfig(
+        sticky_ttl=rt.get_float("sticky_ttl", RoutingConfig().sticky_ttl, lo=1),
+        response_ttl=rt.get_float("response_ttl", RoutingConfig().response_ttl, lo=60),
     )
     lg = root.child("ledger")
     lg.allow(*LedgerConfig.__slots__)  # type: ignore[attr-defined]
@@ -271,6 +287,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         limits=limits,
         timeouts=timeouts,
         retry=retry,
+        routing=routing,
         ledger=ledger,
         log_level=log_level,
         skipped_channels=skipped,
@@ -285,7 +302,7 @@ def _channels(node: _Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         c.mapping()
         c.allow(
             "name", "type", "base_url", "keys", "models", "model_map", "weight", "priority", "rpm", "tpm",
-            "headers", "api_version", "enabled",
+            "headers", "api_version", "enabled", "responses", "vendor",
         )
         name = c.get_str("name")
         if not name:
@@ -325,6 +342,8 @@ def _channels(node: _Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 tpm=c.get_opt_int("tpm"),
                 headers=headers,
                 api_version=c.get_str("api_version", "") or None,
+                responses=c.get_bool("responses", True),
+                vendor=c.get_str("vendor", "") or None,
             )
         )
     return tuple(out), tuple(skipped)

@@ -52,6 +52,21 @@ class _SharedStateCollector(Collector):
         )
 
 
+class _StickyCollector(Collector):
+    def __init__(self, source: Callable[[], tuple[int, int]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        hits, misses = self._source()
+        c = CounterMetricFamily(
+            "relay_sticky_routing", "Requests with a prompt-cache key (or user id): kept on their account (hit) "
+            "or bound to one (miss)", labels=["result"],
+        )
+        c.add_metric(["hit"], hits)
+        c.add_metric(["miss"], misses)
+        yield c
+
+
 class _RestartsCollector(Collector):
     def __init__(self, source: Callable[[], int]) -> None:
         self._source = source
@@ -136,6 +151,9 @@ class Metrics:
             self._tokens.labels(m, "prompt"),
             self._tokens.labels(m, "completion"),
         )
+
+    def sticky_routing(self, source: Callable[[], tuple[int, int]]) -> None:
+        self.registry.register(_StickyCollector(source))
 
     def store_error(self, caller: str) -> None:
         self._store_errors.labels(caller).inc()

@@ -20,7 +20,9 @@ from aiohttp import web
 from .adapters import adapter_for
 from .adapters.base import Adapter, StreamHandler
 from .balances import Balances, Reservation
-from .billing import Pricing
+from .billing import Pricing, output_limit
+from .bindings import ResponseBindings
+from .endpoints import ENDPOINTS, Endpoint, mode_for
 from .config import Config
 from .errors import InvalidRequest, RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
 from .ledger import Ledger
@@ -73,8 +75,9 @@ class _Trace:
 class Proxy:
     def __init__(
         self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics,
-        pricing: Pricing, balances: Balances, limiter: Limiter,
+        pricing: Pricing, balances: Balances, limiter: Limiter, bindings: ResponseBindings,
     ) -> None:
+        self._bindings = bindings
         self._retry = cfg.retry
         self._limiter = limiter
         self._max_output = cfg.billing.max_output_tokens
@@ -112,7 +115,7 @@ class Proxy:
         assert task is not None
         self._inflight.add(task)
         try:
-            price = self._pricing.price(req.model)
+            price = self._pricing.price(req.model, req.endpoint)
             multiplier = self._pricing.multiplier(req.key.group)
             prompt = estimate_prompt_tokens(req)
             worst = self._pricing.worst_case(price, req, prompt) * multiplier
@@ -145,14 +148,36 @@ class Proxy:
             self._inflight.discard(task)
             self._record(req, trace)
 
+    def _pick(self, req: RelayRequest, tried: set[Account], ep: Endpoint) -> Account | None:
+        if req.pin is None:
+            return self._router.pick(req.model, tried, ep, req.sticky)
+        if tried:
+            return None  # the state it names lives on one account: nowhere to fail over to
+        acc, why = self._router.pinned(req.pin)
+        if acc is not None:
+            return acc
+        if why == "resting":
+            wait = max(1, math.ceil(self._router.rest_left(req.pin)))
+            raise UpstreamUnavailable(
+                f"The upstream account that holds this response is resting; retry in {wait}s.",
+                code="response_account_unavailable", headers={"Retry-After": str(wait)},
+            )
+        raise RelayError(
+            "The upstream account that holds this response is "
+            + ("no longer configured" if why == "gone" else "out of rotation (it refused its credential)")
+            + ", and no other account knows the response: start again with the whole conversation in 'input'.",
+            status=409, code="response_account_unavailable",
+        )
+
     async def _attempts(self, request: web.Request, req: RelayRequest, trace: _Trace) -> web.StreamResponse:
+        ep = ENDPOINTS[req.endpoint]
         deadline = req.started + self._retry.deadline
         tried: set[Account] = set()
         last: UpstreamFailure | None = None
         for attempt in range(self._retry.attempts):
             if attempt and time.monotonic() >= deadline:
                 break
-            account = self._router.pick(req.model, tried)
+            account = self._pick(req, tried, ep)
             while account is not None and account.budget.any:  # the account's own upstream budget
                 budgets = self._router.budgets
                 d = budgets.try_acquire(account.uid, account.budget, trace.limit_tokens)
@@ -162,14 +187,15 @@ class Proxy:
                     break
                 self._router.over_budget(account, d)
                 tried.add(account)
-                account = self._router.pick(req.model, tried)
+                account = self._pick(req, tried, ep)
             if account is None:
                 break
             tried.add(account)
             trace.acc = account
             trace.channel, trace.account, trace.attempts = account.channel.name, account.index, attempt + 1
+            mode = mode_for(ep, account.channel)
             try:
-                adapter = adapter_for(account.channel.type, req.dialect)
+                adapter = adapter_for(account.channel.type, req.endpoint, mode)
             except LookupError:
                 raise InvalidRequest(
                     f"This endpoint is not supported for model '{req.model}'.", code="unsupported_endpoint"
@@ -227,6 +253,9 @@ class Proxy:
         self._router.succeeded(account)
         out_body, usage = adapter.parse_response(req, resp.status, body)
         trace.status, trace.usage = resp.status, usage
+        state_id = getattr(adapter, "state_id", None)  # the id of state the upstream keeps (Responses API)
+        if state_id is not None and (sid := state_id(req, out_body)):
+            self._bindings.bind(sid, account.uid, req.key.id)
         return web.Response(status=resp.status, body=out_body, headers={"Content-Type": content_type})
 
     async def _stream(
@@ -253,6 +282,7 @@ class Proxy:
             trace.ttft = time.monotonic() - req.started
             self._metrics.active_streams.inc()
             try:
+                self._bind(handler, req, account)
                 await out.write(first)
                 await self._pump(chunks, handler, out, trace, req.dialect)
             except ConnectionError:
@@ -263,10 +293,11 @@ class Proxy:
                 trace.end_reason = "shutdown"
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 await _try_write(
-                    out, stream_error_event("The relay is shutting down.", code="server_shutdown", dialect=req.dialect)
+                    out, _error_event(handler, "The relay is shutting down.", "server_shutdown", req.dialect)
                 )
             finally:
                 self._metrics.active_streams.dec()
+                self._bind(handler, req, account)
                 trace.usage = handler.usage
                 if handler.usage is None:
                     trace.completion_tokens = handler.completion.tokens(req.model)
@@ -286,20 +317,20 @@ class Proxy:
             except READ_ERRORS as e:
                 trace.end_reason = "upstream_error"
                 reason = "stalled" if isinstance(e, asyncio.TimeoutError) else "broke off"
-                await out.write(stream_error_event(f"The upstream stream {reason} before it finished.", dialect=dialect))
+                await out.write(_error_event(handler, f"The upstream stream {reason} before it finished.", dialect=dialect))
                 return
             try:
                 data = handler.feed(chunk)
             except EventTooLarge:
                 trace.end_reason = "upstream_error"
-                await out.write(stream_error_event("The upstream sent an event over 1 MiB.", dialect=dialect))
+                await out.write(_error_event(handler, "The upstream sent an event over 1 MiB.", dialect=dialect))
                 return
             if data:
                 await out.write(data)
         tail = handler.close()
         if not handler.done:
             trace.end_reason = "upstream_error"
-            await out.write(stream_error_event("The upstream stream ended before it finished.", dialect=dialect))
+            await out.write(_error_event(handler, "The upstream stream ended before it finished.", dialect=dialect))
         elif tail:
             await out.write(tail)
 
@@ -327,12 +358,15 @@ class Proxy:
         finally:
             resp.close()
 
+    def _bind(self, handler: StreamHandler, req: RelayRequest, account: Account) -> None:
+        """Bind the upstream's state id (a Responses API response) to the account, once it is known."""
+        sid = getattr(handler, "response_id", None)
+        if sid:
+            self._bindings.bind(sid, account.uid, req.key.id)
+            handler.response_id = None  # type: ignore[attr-defined] # bound: not again
+
     def _output_estimate(self, req: RelayRequest) -> int:
-        if req.endpoint not in ("chat/completions", "completions", "messages"):
-            return 0
-        body = req.json or {}
-        limit = body.get("max_completion_tokens", body.get("max_tokens"))
-        return limit if isinstance(limit, int) and limit >= 0 else self._max_output
+        return output_limit(req, self._max_output)
 
     # -- accounting ---------------------------------------------------------------------------------------
 
@@ -389,8 +423,15 @@ class Proxy:
         )
 
 
+def _error_event(handler: StreamHandler, message: str, code: str = "upstream_error", dialect: str = "openai") -> bytes:
+    """The event that ends a broken stream: the handler's own where its protocol numbers events."""
+    frame = getattr(handler, "error_frame", None)
+    return frame(message, code) if frame is not None else stream_error_event(message, code=code, dialect=dialect)
+
+
 def _images(req: RelayRequest) -> int:
-    if req.endpoint != "images/generations":
+    ep = ENDPOINTS.get(req.endpoint)
+    if ep is None or not ep.images:
         return 0
     n = (req.json or {}).get("n", 1)
     return n if isinstance(n, int) and n > 0 else 1

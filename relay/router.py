@@ -15,12 +15,15 @@ each change is also told to `shared` (relay.health), and `merge` folds in what o
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .config import ChannelConfig, RetryConfig
+from .endpoints import ENDPOINTS, Endpoint, mode_for
 from .errors import UpstreamFailure
 from .health import LocalState, SharedState, account_id
 from .limits import Decision, Limiter, Limits, LocalLimiter
@@ -43,6 +46,7 @@ class Account:
     uid: str = ""  # account_id(key): its name in shared state and budgets
     budget_until: float = 0.0  # its request budget (rpm) is spent until then: not picked, not asked
     budget_back: float = 0.0  # when its last budget refusal said it admits again
+    serves: frozenset[str] = frozenset()  # the endpoints its channel serves (relay.endpoints)
 
     @property
     def label(self) -> str:
@@ -54,6 +58,17 @@ class _Tier:
     priority: int
     seq: list[Account]
     cursor: int = 0
+
+
+# Sticky bindings kept (least recently used dropped first): one entry is about 200 bytes.
+_STICKY_MAX = 100_000
+
+
+def _ready(acc: Account, now: float, exclude: set[Account] | frozenset[Account], endpoint: str | None) -> bool:
+    return not (
+        acc.disabled or acc.cooldown_until > now or acc.budget_until > now or acc in exclude
+        or (endpoint is not None and endpoint not in acc.serves)
+    )
 
 
 def _smooth_wrr(weighted: list[tuple[Account, int]]) -> list[Account]:
@@ -76,16 +91,23 @@ class Router:
         channels: Iterable[ChannelConfig],
         retry: RetryConfig,
         clock: Callable[[], float] = time.monotonic,
+        sticky_ttl: float = 600.0,
     ) -> None:
         self._retry = retry
         self._clock = clock
         self.budgets: Limiter = LocalLimiter(clock)  # replaced by a shared one with limits.backend: redis
         self.shared: SharedState = LocalState()
         self.accounts: list[Account] = []
+        self.sticky_ttl = sticky_ttl
+        self._sticky: OrderedDict[str, tuple[Account, float]] = OrderedDict()
+        self.sticky_hits = self.sticky_misses = 0
         by_model: dict[str, dict[int, list[tuple[Account, int]]]] = {}
         for ch in channels:
             budget = Limits(rpm=ch.rpm, tpm=ch.tpm)
-            accs = [Account(ch, i, k, budget=budget, uid=account_id(k)) for i, k in enumerate(ch.keys)]
+            serves = frozenset(e.name for e in ENDPOINTS.values() if mode_for(e, ch) is not None)
+            accs = [
+                Account(ch, i, k, budget=budget, uid=account_id(k), serves=serves) for i, k in enumerate(ch.keys)
+            ]
             self.accounts.extend(accs)
             for model in ch.models:
                 tiers = by_model.setdefault(model, {})
@@ -94,27 +116,86 @@ class Router:
             model: [_Tier(p, _smooth_wrr(tiers[p])) for p in sorted(tiers, reverse=True)]
             for model, tiers in by_model.items()
         }
+        self._by_uid = {a.uid: a for a in self.accounts}
 
     def models(self) -> list[str]:
         return sorted(self._tiers)
 
-    def serves(self, model: str) -> bool:
-        return model in self._tiers
+    def serves(self, model: str, endpoint: Endpoint | None = None) -> bool:
+        """Some channel serves `model` (at `endpoint`, when given)."""
+        tiers = self._tiers.get(model)
+        if tiers is None:
+            return False
+        return endpoint is None or any(endpoint.name in a.serves for t in tiers for a in t.seq)
 
-    def pick(self, model: str, exclude: set[Account] | frozenset[Account] = frozenset()) -> Account | None:
-        """The next account for `model` that may take a request, or None. Its budget is not taken here."""
+    def channels_of(self, model: str) -> list[ChannelConfig]:
+        return list({id(a.channel): a.channel for t in self._tiers.get(model, ()) for a in t.seq}.values())
+
+    def pick(
+        self, model: str, exclude: set[Account] | frozenset[Account] = frozenset(),
+        endpoint: Endpoint | None = None, sticky: str | None = None,
+    ) -> Account | None:
+        """The next account for `model` (able to serve `endpoint`) that may take a request, or None.
+
+        With `sticky` (a prompt-cache key, user id ... with the client key and model), requests with the same
+        value keep to one account of the top tier while it stays healthy and is used at least every
+        `sticky_ttl` seconds: upstream prompt caches are per account. Its budget is not taken here.
+        """
         now = self._clock()
+        name = endpoint.name if endpoint is not None else None
+        if sticky is not None:
+            return self._sticky_pick(model, exclude, name, sticky, now)
         for tier in self._tiers.get(model, ()):
             seq = tier.seq
             n = len(seq)
             start = tier.cursor
             for k in range(n):
                 acc = seq[(start + k) % n]
-                if acc.disabled or acc.cooldown_until > now or acc.budget_until > now or acc in exclude:
+                if not _ready(acc, now, exclude, name):
                     continue
                 tier.cursor = (start + k + 1) % n
                 return acc
         return None
+
+    def _sticky_pick(
+        self, model: str, exclude: set[Account] | frozenset[Account], name: str | None, sticky: str, now: float,
+    ) -> Account | None:
+        bound = self._sticky.get(sticky)
+        if bound is not None and bound[1] > now and _ready(bound[0], now, exclude, name):
+            self.sticky_hits += 1
+            self._sticky[sticky] = (bound[0], now + self.sticky_ttl)
+            self._sticky.move_to_end(sticky)
+            return bound[0]
+        for tier in self._tiers.get(model, ()):
+            ready = list({id(a): a for a in tier.seq if _ready(a, now, exclude, name)}.values())
+            if not ready:
+                continue
+            # Rendezvous hashing: every process binds the same value to the same account without talking.
+            acc = max(ready, key=lambda a: hashlib.blake2b(f"{sticky}\0{a.uid}".encode(), digest_size=8).digest())
+            self.sticky_misses += 1
+            self._sticky[sticky] = (acc, now + self.sticky_ttl)
+            self._sticky.move_to_end(sticky)
+            while len(self._sticky) > _STICKY_MAX:
+                self._sticky.popitem(last=False)
+            return acc
+        return None
+
+    def pinned(self, uid: str) -> tuple[Account | None, str]:
+        """The account named `uid` if it can take a request now, else None and why: "gone" (no longer
+        configured), "disabled" (out of rotation) or "resting" (back after its cooldown)."""
+        acc = self._by_uid.get(uid)
+        if acc is None:
+            return None, "gone"
+        if acc.disabled:
+            return None, "disabled"
+        now = self._clock()
+        if acc.cooldown_until > now or acc.budget_until > now:
+            return None, "resting"
+        return acc, ""
+
+    def rest_left(self, uid: str) -> float:
+        acc = self._by_uid.get(uid)
+        return 0.0 if acc is None else max(acc.cooldown_until, acc.budget_until) - self._clock()
 
     def over_budget(self, acc: Account, decision: Decision) -> None:
         """`budgets` refused `acc`: remember when it admits again. A spent request budget (rpm) admits no

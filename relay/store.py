@@ -256,6 +256,33 @@ class Store:
             row = await cur.fetchone()
         return float(row[0]) if row else 0.0
 
+    # -- response bindings (see relay.bindings) --------------------------------------------------------
+
+    async def bind_response(self, response_id: str, account: str, key_id: str, ttl: float) -> None:
+        now = time.time()
+        async with self._tx:
+            await self.db.execute(
+                "INSERT INTO response_bindings VALUES (?, ?, ?, ?) ON CONFLICT (response_id) DO UPDATE SET "
+                "account = excluded.account, key_id = excluded.key_id, expires_at = excluded.expires_at",
+                (response_id, account, key_id, now + ttl),
+            )
+            await self.db.execute("DELETE FROM response_bindings WHERE expires_at <= ?", (now,))
+            await self.db.commit()
+
+    async def response_binding(self, response_id: str) -> tuple[str, str] | None:
+        """(account, key id) of a live binding, or None."""
+        async with self.db.execute(
+            "SELECT account, key_id FROM response_bindings WHERE response_id = ? AND expires_at > ?",
+            (response_id, time.time()),
+        ) as cur:
+            row = await cur.fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    async def unbind_response(self, response_id: str) -> None:
+        async with self._tx:
+            await self.db.execute("DELETE FROM response_bindings WHERE response_id = ?", (response_id,))
+            await self.db.commit()
+
     # -- keys ---------------------------------------------------------------------------------------------
 
     async def create_key(self, record: KeyRecord) -> KeyRecord:

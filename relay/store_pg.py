@@ -226,6 +226,28 @@ class PgStore:
             f"SELECT COALESCE(SUM(amount_usd), 0) FROM leases WHERE key_id = $1 AND expires_at > {_NOW}", key_id
         ))
 
+    # -- response bindings (see relay.bindings) --------------------------------------------------------
+
+    async def bind_response(self, response_id: str, account: str, key_id: str, ttl: float) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO response_bindings VALUES ($1, $2, $3, {_NOW} + $4) ON CONFLICT (response_id) DO UPDATE "
+                "SET account = excluded.account, key_id = excluded.key_id, expires_at = excluded.expires_at",
+                response_id, account, key_id, ttl,
+            )
+            await conn.execute(f"DELETE FROM response_bindings WHERE expires_at <= {_NOW}")
+
+    async def response_binding(self, response_id: str) -> tuple[str, str] | None:
+        """(account, key id) of a live binding, or None."""
+        row = await self.pool.fetchrow(
+            f"SELECT account, key_id FROM response_bindings WHERE response_id = $1 AND expires_at > {_NOW}",
+            response_id,
+        )
+        return (str(row[0]), str(row[1])) if row else None
+
+    async def unbind_response(self, response_id: str) -> None:
+        await self.pool.execute("DELETE FROM response_bindings WHERE response_id = $1", response_id)
+
     # -- keys ---------------------------------------------------------------------------------------------
 
     async def _bump(self, sql: str, *args: Any) -> str:

@@ -71,4 +71,15 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE INDEX IF NOT EXISTS leases_holder ON leases (holder);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# Which upstream account made a response (ids of OpenAI's Responses API exist only there); no content.
+_V4 = """
+CREATE TABLE IF NOT EXISTS response_bindings (
+    response_id text             PRIMARY KEY,
+    account     text             NOT NULL,
+    key_id      text             NOT NULL,
+    expires_at  double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS response_bindings_expiry ON response_bindings (expires_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)

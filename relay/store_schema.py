@@ -65,4 +65,15 @@ _V3 = (
     "CREATE INDEX IF NOT EXISTS leases_holder ON leases (holder)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3)
+# Version 4: which upstream account made a response (ids of OpenAI's Responses API exist only there); no content.
+_V4 = (
+    """CREATE TABLE IF NOT EXISTS response_bindings (
+    response_id TEXT PRIMARY KEY,
+    account     TEXT NOT NULL,
+    key_id      TEXT NOT NULL,
+    expires_at  REAL NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS response_bindings_expiry ON response_bindings (expires_at)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4)

@@ -95,6 +95,10 @@ class RelayRequest:
     query: str = ""
     # client headers an adapter may forward as they are (anthropic-version, anthropic-beta on /v1/messages)
     headers: Mapping[str, str] = field(default_factory=dict)
+    method: str = "POST"
+    path: str = ""  # the upstream path after /v1 when it is not the endpoint's name (responses/{id}/cancel)
+    pin: str | None = None  # the uid of the one account that may serve it (it holds the state named)
+    sticky: str | None = None  # requests with the same value keep to one account (prompt caches)
 
 
 @dataclass(frozen=True, slots=True)

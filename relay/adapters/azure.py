@@ -39,11 +39,13 @@ class AzureAdapter(OpenAIAdapter):
         # The OpenAI adapter builds the body (stream_options on streams, multipart re-encoded); the model
         # is kept as the client named it, since the deployment in the URL is what Azure routes by.
         as_sent = target
-        if target.upstream_model != req.model:
+        if target.upstream_model != req.model and req.endpoint in _DEPLOYMENT_ENDPOINTS:
             as_sent = dataclasses.replace(target, upstream_model=req.model)
         inner = super().build_request(req, as_sent)
-        headers = {"api-key": target.api_key, **target.extra_headers, "Content-Type": inner.headers["Content-Type"]}
-        return UpstreamRequest("POST", _url(req, target), headers, inner.body)
+        headers = {"api-key": target.api_key, **target.extra_headers}
+        if "Content-Type" in inner.headers:
+            headers["Content-Type"] = inner.headers["Content-Type"]
+        return UpstreamRequest(inner.method, _url(req, target), headers, inner.body)
 
 
 def _url(req: RelayRequest, target: Target) -> str:
@@ -52,7 +54,7 @@ def _url(req: RelayRequest, target: Target) -> str:
     if req.endpoint in _DEPLOYMENT_ENDPOINTS:
         path = f"openai/deployments/{quote(target.upstream_model, safe='')}/{req.endpoint}"
     else:
-        path = f"openai/{req.endpoint}"
+        path = f"openai/{req.path or req.endpoint}"
     url = f"{target.base_url}/{path}?api-version={quote(version, safe='')}"
     if req.query:
         # the client's other query parameters go along; its own api-version (if any) never replaces ours

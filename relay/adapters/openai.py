@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ..endpoints import ENDPOINTS
 from ..errors import UpstreamFailure
 from ..sse import EventSplitter, iter_events
 from ..tokens import CompletionCounter
@@ -22,17 +23,21 @@ from .base import DeliveredText, classify_status, encode_form, extract_usage_obj
 __all__ = ["OpenAIAdapter", "OpenAIPassthrough", "usage_from_openai"]
 
 # Endpoints whose streams carry usage only when asked through stream_options.
-_STREAM_USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
+_STREAM_USAGE_ENDPOINTS = frozenset(e.name for e in ENDPOINTS.values() if e.stream_usage_option)
 
 
 def usage_from_openai(obj: Mapping[str, Any] | None) -> Usage | None:
+    """Chat's usage (prompt/completion tokens) or the Responses API's (input/output tokens), with the
+    prompt tokens served from the upstream's cache."""
     if not obj:
         return None
     prompt = obj.get("prompt_tokens", obj.get("input_tokens", 0))
     completion = obj.get("completion_tokens", obj.get("output_tokens", 0))
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    return Usage(prompt, completion, "upstream")
+    details = obj.get("prompt_tokens_details") or obj.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    return Usage(prompt, completion, "upstream", cached if isinstance(cached, int) and cached > 0 else 0)
 
 
 def _has_usage_object(block: bytes) -> bool:
@@ -115,10 +120,12 @@ class OpenAIPassthrough:
 
 class OpenAIAdapter:
     def build_request(self, req: RelayRequest, target: Target) -> UpstreamRequest:
-        url = f"{target.base_url}/{req.endpoint}"
+        url = f"{target.base_url}/{req.path or req.endpoint}"
         if req.query:
             url += "?" + req.query
         headers = {"Authorization": f"Bearer {target.api_key}", **target.extra_headers}
+        if req.method != "POST" or (req.json is None and not req.form):  # a call on a stored object
+            return UpstreamRequest(req.method, url, headers, None)
         if req.form:
             content_type, factory = encode_form(req.form, {"model": target.upstream_model})
             headers["Content-Type"] = content_type

@@ -27,8 +27,8 @@ def _target(kind: str, model: str = "up-model") -> Target:
 
 
 def test_adapter_selection_by_dialect() -> None:
-    assert isinstance(adapter_for("anthropic", "anthropic"), AnthropicNative)
-    assert isinstance(adapter_for("openai", "anthropic"), MessagesOverChat)
+    assert isinstance(adapter_for("anthropic", "messages"), AnthropicNative)
+    assert isinstance(adapter_for("openai", "messages"), MessagesOverChat)
     assert not isinstance(adapter_for("anthropic"), AnthropicNative)
 
 
