@@ -21,8 +21,6 @@ __all__ = ["ENDPOINTS", "Endpoint", "Mode", "mode_for"]
 Mode = Literal["native", "chat"]
 Pricing = Literal["tokens", "images", "speech", "upload", "none"]
 
-_OPENAI_TYPES = ("openai", "azure")
-
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -38,6 +36,7 @@ class Endpoint:
     # A channel flag that must be true for "native" (a channel with it false is served translated, if the
     # endpoint has a translation for its type, here always onto chat: e.g. `responses: false`).
     native_flag: str | None = None
+    over_chat: bool = False  # it has a translation onto chat/completions (served so where not native)
     family: str = ""  # endpoints of one API that share their adapters (responses and calls on a stored one)
     method: str = "POST"
 
@@ -71,7 +70,7 @@ ENDPOINTS: Mapping[str, Endpoint] = _table(
     ),
     Endpoint(
         "responses", {"openai": "native", "azure": "native", "anthropic": "chat", "gemini": "chat"},
-        output_fields=("max_output_tokens",), label="openai-response", native_flag="responses",
+        output_fields=("max_output_tokens",), label="openai-response", native_flag="responses", over_chat=True,
     ),
     # Calls on a stored response: only where it was made (the upstream keeps it), never billed.
     *(
@@ -86,6 +85,6 @@ def mode_for(endpoint: Endpoint, channel: ChannelConfig) -> Mode | None:
     """How `channel` serves `endpoint`: natively, translated onto its chat/completions, or not at all (None)."""
     mode = endpoint.serves.get(channel.type)
     if mode == "native" and endpoint.native_flag and not getattr(channel, endpoint.native_flag, True):
-        return "chat" if channel.type in _OPENAI_TYPES else None
+        return "chat" if endpoint.over_chat else None
     return mode
 

@@ -38,7 +38,7 @@ _HOST_VENDORS = {
 # Which kind of model each endpoint is for; a model's price tells its kind.
 _KIND = {
     "chat/completions": "chat", "completions": "chat", "messages": "chat", "responses": "chat",
-    "embeddings": "embedding", "moderations": "chat", "images/generations": "image", "audio/speech": "speech",
+    "embeddings": "embedding", "moderations": "moderation", "images/generations": "image", "audio/speech": "speech",
     "audio/transcriptions": "transcription", "audio/translations": "transcription",
 }
 

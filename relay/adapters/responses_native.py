@@ -60,7 +60,7 @@ class ResponsesPassthrough:
     """Whole events go out as they came in; the text delivered (every `delta`) is counted only when no
     usage arrives (see DeliveredText)."""
 
-    __slots__ = ("usage", "done", "events", "response_id", "_split", "_delivered", "_last")
+    __slots__ = ("usage", "done", "events", "response_id", "_binds", "_split", "_delivered", "_last")
 
     DELTAS = re.compile(rb'"delta":[ \t]*"([^"\\\n]*(?:\\.[^"\\\n]*)*)"')
 
