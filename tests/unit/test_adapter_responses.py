@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from relay.adapters.anthropic import AnthropicAdapter
+from relay.adapters.azure import AzureAdapter
 from relay.adapters.gemini import GeminiAdapter
 from relay.adapters.openai import OpenAIAdapter
 from relay.adapters.responses_chat import (
@@ -534,6 +535,15 @@ def test_over_anthropic_and_gemini_whole_answers() -> None:
     body, usage = ResponsesOverChat(GeminiAdapter()).parse_response(_req(REQUEST), 200, orjson.dumps(gem))
     r = _validated(orjson.loads(body))
     assert r.output_text == "Bonjour" and r.usage is not None and r.usage.total_tokens == 6
+
+
+def test_over_azure_goes_to_the_deployments_chat_url() -> None:
+    target = Target("az", "azure", "https://res.openai.azure.com", 0, "secret", "my-deployment",
+                    api_version="2024-10-21")
+    up = ResponsesOverChat(AzureAdapter()).build_request(_req({"model": "gpt-4o", "input": "Hi"}), target)
+    assert up.url == ("https://res.openai.azure.com/openai/deployments/my-deployment/chat/completions"
+                      "?api-version=2024-10-21")
+    assert orjson.loads(up.body)["messages"] == [{"role": "user", "content": "Hi"}]  # type: ignore[arg-type]
 
 
 def test_errors_stay_the_inner_adapters() -> None:
