@@ -5,8 +5,10 @@ adapter, which knows its URL and auth and, for anthropic and gemini channels, tr
 Its answer is OpenAI chat by then, whole or streamed, and becomes a Responses object (responses_output)
 or event stream (responses_stream). Errors stay in OpenAI's shape: they are the inner adapter's.
 
-The relay makes the response id ("resp_" + 48 hex digits): `ResponsesStream.response_id` on streams,
-`response_id_of(body)` on the body `parse_response` returns.
+The relay makes the response id ("resp_" + 48 hex digits): `ResponsesStream.id` on streams,
+`response_id_of(body)` on the body `parse_response` returns. The upstream keeps no state under it, so
+nothing is bound to an account: `ResponsesStream.response_id` and `state_id` are None, and a later call
+on that id (GET, previous_response_id) finds no response, which is the truth.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import orjson
 from ..errors import UpstreamFailure
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
 from .base import Adapter
-from .responses_output import from_chat_completion, new_response_id, response_id_of
+from .responses_native import response_id_of
+from .responses_output import from_chat_completion, new_response_id
 from .responses_request import to_chat_request
 from .responses_stream import ResponsesStream
 
@@ -69,6 +72,10 @@ class ResponsesOverChat:
 
     def stream_handler(self, req: RelayRequest) -> ResponsesStream:
         return ResponsesStream(req.json, req.model, inner=self._inner.stream_handler(chat_request(req)))
+
+    def state_id(self, req: RelayRequest, body: bytes) -> str | None:
+        """The id of state the upstream keeps for this response: none (see the module's docstring)."""
+        return None
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:
         return self._inner.parse_error(status, headers, body)

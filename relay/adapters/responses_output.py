@@ -26,7 +26,6 @@ __all__ = [
     "item_id",
     "new_response_id",
     "reasoning_item",
-    "response_id_of",
     "response_shell",
     "responses_usage",
     "text_part",
@@ -50,16 +49,6 @@ def item_id(prefix: str, response_id: str, index: int) -> str:
     """An output item's id (msg_, fc_, rs_; call_ when the upstream gave a tool call none): the response's
     own random part and the item's output_index, so a stream and its final response agree."""
     return f"{prefix}_{response_id.removeprefix('resp_')}{index:04x}"
-
-
-def response_id_of(body: bytes) -> str | None:
-    """The id of a response object the relay produced (for the caller's records)."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return rid if isinstance(rid, str) and rid.startswith("resp_") else None
 
 
 def _echo_tools(tools: Any) -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ class ResponsesStream:
     """OpenAI chat SSE in (from `inner` when given, else fed directly), Responses SSE events out."""
 
     __slots__ = (
-        "usage", "done", "events", "response_id", "_inner", "_parser", "_text", "_body", "_model", "_created",
+        "usage", "done", "events", "id", "response_id", "_inner", "_parser", "_text", "_body", "_model", "_created",
         "_seq", "_started", "_ended", "_output", "_open", "_parts", "_part", "_chunks", "_calls", "_finish",
         "_reasoning_tokens",
     )
@@ -70,7 +70,10 @@ class ResponsesStream:
         self.usage: Usage | None = None
         self.done = False  # True once response.completed / response.incomplete went out
         self.events = 0
-        self.response_id = response_id or new_response_id()
+        self.id = response_id or new_response_id()  # the response's id, made by the relay
+        # The id of a response the upstream keeps, which the proxy binds to the account: none here (the
+        # upstream keeps nothing, so calls on self.id find nothing, as they should).
+        self.response_id: str | None = None
         self._inner = inner
         self._parser = SSEParser()
         self._text = CompletionCounter(model)
@@ -187,7 +190,7 @@ class ResponsesStream:
 
     def _start(self, out: list[bytes]) -> None:
         self._started = True
-        shell = response_shell(self._body, self.response_id, self._model, self._created)
+        shell = response_shell(self._body, self.id, self._model, self._created)
         out.append(self._event("response.created", {"response": shell}))
         out.append(self._event("response.in_progress", {"response": shell}))
 
@@ -205,7 +208,7 @@ class ResponsesStream:
         if self._open is not None and (self._output[self._open]["type"] == "reasoning") != reasoning:
             self._close_item("completed", out)
         if self._open is None:
-            rid = item_id("rs" if reasoning else "msg", self.response_id, len(self._output))
+            rid = item_id("rs" if reasoning else "msg", self.id, len(self._output))
             item = ({"type": "reasoning", "id": rid, "summary": [], "status": "in_progress"} if reasoning else
                     {"type": "message", "id": rid, "status": "in_progress", "role": "assistant", "content": []})
             self._open = self._add_item(item, out)
@@ -284,8 +287,8 @@ class ResponsesStream:
         if state is None:
             self._close_item("completed", out)
             cid, n_out = call.get("id"), len(self._output)
-            state = _Call(n_out, item_id("fc", self.response_id, n_out),
-                          cid if isinstance(cid, str) and cid else item_id("call", self.response_id, n_out),
+            state = _Call(n_out, item_id("fc", self.id, n_out),
+                          cid if isinstance(cid, str) and cid else item_id("call", self.id, n_out),
                           str(fn.get("name") or ""))
             self._calls[n] = state
             self._add_item(function_call_item(state.id, state.call_id, state.name, "", "in_progress"), out)
@@ -312,7 +315,7 @@ class ResponsesStream:
             return
         if not self._started:
             self._start(out)
-        response = response_shell(self._body, self.response_id, self._model, self._created)
+        response = response_shell(self._body, self.id, self._model, self._created)
         finish(response, self._finish, self._created)
         status = "completed" if response["status"] == "completed" else "incomplete"
         self._close_item(status, out)

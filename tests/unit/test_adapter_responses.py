@@ -342,7 +342,7 @@ def test_text_stream_events() -> None:
     assert final["status"] == "completed" and final["output"][0]["content"][0]["text"] == text
     assert final["usage"]["input_tokens"] == 19 and final["usage"]["output_tokens"] == 11
     assert h.usage is not None and (h.usage.prompt_tokens, h.usage.completion_tokens) == (19, 11)
-    assert h.completion.tokens("gpt-4o") > 0 and h.response_id == RID and final["id"] == RID
+    assert h.completion.tokens("gpt-4o") > 0 and h.id == RID and final["id"] == RID and h.response_id is None
 
 
 def test_tool_stream_events() -> None:
