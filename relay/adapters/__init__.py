@@ -17,6 +17,7 @@ from .base import Adapter, StreamHandler
 from .gemini import GeminiAdapter
 from .messages_openai import MessagesOverChat
 from .openai import OpenAIAdapter
+from .responses_chat import ResponsesOverChat
 from .responses_native import AzureResponsesNative, ResponsesNative
 
 __all__ = ["Adapter", "StreamHandler", "adapter_for"]
@@ -32,7 +33,7 @@ _NATIVE: dict[tuple[str, str], Adapter] = {
     ("azure", "responses"): AzureResponsesNative(),
 }
 # Endpoint families translated onto a channel's chat/completions.
-_OVER_CHAT: dict[str, Callable[[Adapter], Adapter]] = {"messages": MessagesOverChat}
+_OVER_CHAT: dict[str, Callable[[Adapter], Adapter]] = {"messages": MessagesOverChat, "responses": ResponsesOverChat}
 _MADE: dict[tuple[str, str, str], Adapter] = {}
 
 
