@@ -2,7 +2,8 @@
 
 Endpoints (with and without the ``/v1`` prefix): ``chat/completions``, ``completions``,
 ``embeddings``, ``images/generations`` (+ ``edits``/``variations``), ``audio/speech``,
-``audio/transcriptions``, ``audio/translations``, ``moderations``, ``models``, ``models/{id}``.
+``audio/transcriptions``, ``audio/translations``, ``moderations``, ``models``, ``models/{id}``,
+and the Responses API (``responses`` and its stateful follow-ups: see bench/fake_responses.py).
 Every request needs ``Authorization: Bearer <non-empty>``; errors use OpenAI's error object.
 
 Test hooks, stored on the app under the typed keys exported here:
@@ -22,6 +23,7 @@ Test hooks, stored on the app under the typed keys exported here:
   ``handler_cancellation=True``, which ``aiohttp_server``/``TestServer`` and the CLI use);
   ``hang``/``stall`` poll the transport every 50 ms and notice within that.
 * ``OPTIONS`` - the live :class:`FakeOptions` (mutable; read on every request).
+* ``bench.fake_responses.RESPONSES`` - the stored Responses API responses, per account key.
 
 With ``chunk_delay_ms == 0`` a whole SSE stream is sent in one write (same bytes, fewer
 syscalls); set a delay to observe chunks arriving one by one.
@@ -695,17 +697,21 @@ async def _serve_png(request: web.Request) -> web.Response:
 
 def build_app(opts: FakeOptions | None = None) -> web.Application:
     """Create the fake upstream application (see the module docstring for the hooks)."""
+    from bench.fake_responses import RESPONSES, ResponsesFake  # it builds on this module
+
     fake = FakeUpstream(opts or FakeOptions())
+    responses = ResponsesFake(fake)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[OPTIONS], app[RECORDS], app[SCRIPT] = fake.opts, fake.records, fake.script
-    app[DISCONNECTS] = fake.disconnects
+    app[DISCONNECTS], app[RESPONSES] = fake.disconnects, responses.store
     routes = [("POST", "chat/completions", fake.chat), ("POST", "completions", fake.completions),
               ("POST", "embeddings", fake.embeddings), ("POST", "moderations", fake.moderations),
               ("POST", "images/generations", fake.images), ("POST", "images/edits", fake.images),
               ("POST", "images/variations", fake.images), ("POST", "audio/speech", fake.speech),
               ("POST", "audio/transcriptions", fake.transcription),
               ("POST", "audio/translations", fake.transcription),
-              ("GET", "models", fake.models), ("GET", "models/{model:.+}", fake.models)]
+              ("GET", "models", fake.models), ("GET", "models/{model:.+}", fake.models),
+              *responses.routes()]
     for prefix in ("/v1/", "/"):
         for method, path, build in routes:
             app.router.add_route(method, prefix + path, fake.route(build))
@@ -757,4 +763,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the package's copy of this module, the one bench.fake_responses imports (under -m this
+    # file is __main__, a second copy whose ApiError the Responses routes would not raise).
+    from bench.fake_upstream import main as _main
+    _main()
