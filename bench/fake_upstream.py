@@ -653,9 +653,13 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
 
 
 def _pick_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool to call: the first offered (or the one tool_choice names), unless the conversation ends with
+    a tool's result, which is answered with text (so an agent loop ends, as with a real model)."""
     tools = [t for t in body.get("tools") or () if isinstance(t, dict) and "function" in t]
     choice = body.get("tool_choice")
-    if not tools or choice == "none":
+    messages = body.get("messages") or [{}]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if not tools or choice == "none" or (last.get("role") == "tool" and choice in (None, "auto")):
         return None
     if isinstance(choice, dict) and "function" in choice:
         name = choice["function"].get("name")
