@@ -141,16 +141,17 @@ def start_targets(
 def ledger_notes(logdir: Path, results: dict[str, TargetResult], prm: dict, scratch: Scratch) -> list[str]:
     """What the relays wrote to their ledgers (read after they stopped, so everything is flushed)."""
     notes = []
+    # warm-up requests sent to each target: the phase's own, then a few per connection at each round's start
+    warm = prm["ns_warmup"] + prm["st_warmup"] + prm["rounds"] * prm["round_warmup"] * (
+        prm["ns_concurrency"] + prm["st_concurrency"])
     shared = [results[t] for t in ("relay", "relay+limits") if t in results]
     if shared:
         rows = ledger_rows(logdir / "relay.db")
         # the relay and relay+limits targets share one relay process and its ledger
         sent = sum(r.ns.get("ok", 0) + r.st.get("ok", 0) for r in shared)
-        warm = len(shared) * (prm["ns_warmup"] + prm["st_warmup"] + prm["rounds"] * prm["round_warmup"] * (
-            prm["ns_concurrency"] + prm["st_concurrency"]))
         notes.append(
             f"relay ledger holds {rows} usage rows after the run ({sent} measured requests "
-            f"+ {warm} warm-up requests sent, relay and relay+limits together)"
+            f"+ {len(shared) * warm} warm-up requests sent, relay and relay+limits together)"
         )
     pg = results.get("relay+pg")
     book = scratch.ledger() if pg else None
@@ -158,7 +159,8 @@ def ledger_notes(logdir: Path, results: dict[str, TargetResult], prm: dict, scra
         sent = pg.ns.get("ok", 0) + pg.st.get("ok", 0)
         notes.append(
             f"relay+pg ledger (PostgreSQL) holds {book['rows']} usage rows after the run ({sent} measured requests "
-            f"+ warm-up); the key's spent ${book['spent_usd']:.6f} against the ledger's sum ${book['cost_usd']:.6f}"
+            f"+ {warm} warm-up requests sent); the key's spent ${book['spent_usd']:.6f}, the ledger's sum "
+            f"${book['cost_usd']:.6f}"
         )
     return notes
 
