@@ -78,7 +78,7 @@ def measure() -> dict[str, float]:
     def billing() -> None:
         record = keys["h" * 64]
         check_key(record, "127.0.0.1", ())
-        price = pricing.price(req.model)
+        price = pricing.price(req.model, req.endpoint)
         multiplier = pricing.multiplier(req.key.group)
         worst = pricing.worst_case(price, req, estimate_prompt_tokens(req)) * multiplier
         r = balances.try_reserve(req.key, worst, price, multiplier)  # the slice in hand covers it: no await
