@@ -1,0 +1,124 @@
+"""The measured phases: interleaved rounds (non-stream, stream), slow streams, translated streams.
+
+Each phase drives targets that are already running and returns what it measured; starting and stopping
+the targets is the caller's (bench/run.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.measure import Target, TargetResult, brief, fmt, merge, run_load
+from bench.procs import CPU_SUT, PY, Proc, free_port, start_fake, start_fake_anthropic, url
+from bench.relays import CLIENT_KEY
+
+__all__ = ["Log", "bench_interleaved", "bench_slow", "bench_translated", "stream_events"]
+
+Log = Callable[[str], None]
+
+
+def bench_interleaved(targets: list[Target], prm: dict, log: Log) -> dict[str, TargetResult]:
+    """Non-stream and stream phases, in rounds that alternate between the targets.
+
+    Alternating rounds spread any outside disturbance (other work on the machine, frequency
+    changes) over all targets instead of letting it land on one of them.
+    """
+    res = {t.name: TargetResult(t.name) for t in targets}
+    rounds = prm["rounds"]
+    stagger = prm["st_chunks"] * prm["st_chunk_delay_ms"] / 1000.0
+    # workers' first streams are spread over one stream's duration so the concurrent streams
+    # run out of phase (steady state) instead of starting and ending in bursts
+    for t in targets:
+        log(f"[{t.name}] warm-up")
+        run_load(url(t.port), t.key, "nonstream", prm["ns_warmup"], prm["ns_concurrency"], None)
+        run_load(url(t.port), t.key, "stream", prm["st_warmup"], prm["st_concurrency"], None,
+                 stagger=stagger)
+    per = max(1, prm["ns_requests"] // rounds)
+    log(f"non-stream: {rounds} rounds x {per} requests @ {prm['ns_concurrency']} per target")
+    parts: dict[str, list[dict]] = {t.name: [] for t in targets}
+    for i in range(rounds):
+        for t in targets:
+            r = run_load(url(t.port), t.key, "nonstream", per, prm["ns_concurrency"], t.pid,
+                         warmup=prm["round_warmup"] * prm["ns_concurrency"], raw=True, ramp=prm["ns_rate"])
+            parts[t.name].append(r)
+            log(f"  [{t.name}] round {i + 1}: {brief(r)}")
+    for t in targets:
+        res[t.name].ns = merge(parts[t.name])
+        log(f"[{t.name}] non-stream: {brief(res[t.name].ns)}")
+    per = max(1, prm["st_streams"] // rounds)
+    log(f"stream: {rounds} rounds x {per} streams @ {prm['st_concurrency']} per target")
+    parts = {t.name: [] for t in targets}
+    for i in range(rounds):
+        for t in targets:
+            r = run_load(url(t.port), t.key, "stream", per, prm["st_concurrency"], t.pid,
+                         warmup=prm["round_warmup"] * prm["st_concurrency"], stagger=stagger, raw=True)
+            parts[t.name].append(r)
+            log(f"  [{t.name}] round {i + 1}: {brief(r)}")
+    for t in targets:
+        res[t.name].st = merge(parts[t.name])
+        log(f"[{t.name}] stream: {brief(res[t.name].st)}")
+    return res
+
+
+def bench_slow(name: str, port: int, key: str, sut_pid: int, prm: dict, log: Log) -> dict:
+    target = url(port)
+    n = prm["slow_streams"]
+    # warm-up (non-stream only: a stream against this upstream takes seconds) so that first
+    # connections and lazy imports are not counted as per-stream memory
+    run_load(target, key, "nonstream", 500, 50, None)
+    time.sleep(0.5)
+    log(f"[{name}] slow streams: {n} concurrent")
+    r = run_load(target, key, "stream", n, n, sut_pid, ramp=prm["slow_ramp"])
+    r["rss_per_stream_kb"] = (r["rss_peak_kb"] - r["rss_before_kb"]) / n
+    log(f"    {brief(r)}")
+    return r
+
+
+def stream_events(port: int, key: str, model: str) -> int:
+    """SSE events (frames) the relay sends for one streamed answer of `model`."""
+    body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request(
+        url(port), data=body, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().count(b"data:")
+
+
+def bench_translated(logdir: Path, prm: dict, log: Log) -> dict:
+    """Relay CPU per 1,000 stream frames: passthrough (an openai channel) beside translated (anthropic)."""
+    fake = start_fake(logdir, "fake-tr", prm["st_chunks"], 0)
+    claude = start_fake_anthropic(logdir)
+    port = free_port()
+    cfg = logdir / "relay-tr.yaml"
+    cfg.write_text(
+        "server: {host: 127.0.0.1, port: %d}\n"
+        "database: %s\n"
+        "client_keys:\n  - {name: bench, key: %s}\n"
+        "channels:\n"
+        "  - {name: fake, type: openai, base_url: 'http://127.0.0.1:%d/v1', keys: [k1], models: [demo]}\n"
+        "  - {name: claude, type: anthropic, base_url: 'http://127.0.0.1:%d', keys: [ak1], models: [claude-bench]}\n"
+        "prices: {demo: {input: 1, output: 2}, claude-bench: {input: 3, output: 15}}\n"
+        "log_level: warning\n" % (port, json.dumps(str(logdir / "relay-tr.db")), CLIENT_KEY, fake.port, claude.port)
+    )
+    relay = Proc("relay-tr", [PY, "-m", "relay", "serve", "--config", str(cfg), "--port", str(port)],
+                 CPU_SUT, logdir, port)
+    out: dict = {}
+    try:
+        relay.wait_ready("/healthz", timeout=60.0)
+        n = prm["st_streams"]
+        for label, model in (("passthrough", "demo"), ("translated", "claude-bench")):
+            frames = stream_events(port, CLIENT_KEY, model)
+            run_load(url(port), CLIENT_KEY, "stream", 200, 50, None, model=model)
+            r = run_load(url(port), CLIENT_KEY, "stream", n, 50, relay.pid, model=model)
+            per_k = r["cpu_s"] / (r["ok"] * frames) * 1000 if r.get("ok") and frames else None
+            out[label] = {"frames": frames, "streams": r.get("ok"), "errors": r.get("errors"),
+                          "cpu_s": r.get("cpu_s"), "cpu_per_1k_frames": per_k}
+            log(f"[{label}] {r.get('ok')} streams of {frames} frames: relay CPU {fmt(per_k, 4)} s / 1k frames")
+    finally:
+        for p in (relay, claude, fake):
+            p.stop()
+    return out

@@ -1,0 +1,217 @@
+"""The Markdown report of a run (bench/RESULTS.md): method, one table per phase, the checks, notes."""
+
+from __future__ import annotations
+
+import platform
+
+from bench.checks import added_p99_paired, cpu_per, verdict
+from bench.measure import TargetResult, fmt, outside_pct
+from bench.procs import CPU_AUX, CPU_SUT, NPROC
+from bench.workers import table
+
+__all__ = ["cpu_model", "render"]
+
+
+def _rounds(r: dict) -> str:
+    return " / ".join(fmt(v, 1) for v in r.get("round_p99_ms", [])) or "n/a"
+
+
+def _pct_s(r: dict) -> str:
+    return f"{outside_pct(r):.0f}%" if r.get("wall_s") else "n/a"
+
+
+def _workers(summary: dict) -> list[str]:
+    return [
+        "## Workers",
+        "",
+        f"`relay serve --workers N`: {summary['requests']:,} non-stream requests per run at {summary['rate']:,.0f}/s, "
+        f"concurrency {summary['concurrency']}, {summary['rounds']} rounds; CPU per request summed over every "
+        "process of the relay; memory of each process after the load.",
+        "",
+        *table(summary),
+        "",
+    ]
+
+
+def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dict, info: dict) -> str:
+    import aiohttp
+
+    L = []
+    L.append("# Relay benchmark results")
+    L.append("")
+    L.append(
+        f"- Date: {info['date']}  \n"
+        f"- Machine: nproc {NPROC}, {platform.machine()}, "
+        f"{info['cpu_model']}, Linux {platform.release()}  \n"
+        f"- Python {platform.python_version()}, aiohttp {aiohttp.__version__}  \n"
+        f"- Mode: {'quick' if quick else 'full'} (`python -m bench.run{' --quick' if quick else ''}`), "
+        f"wall time {info['wall_s']:.0f} s"
+    )
+    L.append("")
+    L.append("## Method")
+    L.append("")
+    L.append(
+        f"Process under test pinned to CPU {CPU_SUT}; fake upstream, load generator (aiohttp client, uvloop, "
+        f"keep-alive, separate process) on CPU {CPU_AUX}. Targets: *direct* = load generator straight to the "
+        "fake upstream; *baseline* = minimal aiohttp passthrough proxy (`bench/baseline_proxy.py`); *relay* = "
+        "`python -m relay serve` with client-key auth from the key store, billing (a priced model: reserve, then "
+        "settle), SQLite ledger and metrics on; *relay+limits* = the same relay process with a key that has rpm, "
+        "rpd, tpm and tpd limits (set too high to refuse: every bucket is checked and charged); *relay+redis* = "
+        "a second relay with the Redis limits backend and such a key; *relay+pg* = a relay scaled out as the "
+        "README's \"Scaling out\" says: its database a PostgreSQL database created for the run, `limits.backend: "
+        "redis` (account health shared through Redis), and a key with a balance (`relay keys create --quota "
+        "1000000`: slices leased from PostgreSQL, settled in the ledger's batches) and no rate limits. "
+        f"Non-stream: {prm['ns_requests']:,} chat requests per target at concurrency {prm['ns_concurrency']}, "
+        f"started at a fixed {prm['ns_rate']:,} requests/s for every target (CPU per request depends on load). "
+        f"Stream: {prm['st_streams']:,} streams per target at {prm['st_concurrency']} concurrent (first "
+        "streams staggered over one stream's duration), fake sends "
+        f"{prm['st_chunks']} chunks {prm['st_chunk_delay_ms']} ms apart (the first, a role-only preamble, at once); "
+        "TTFB = request sent to first body byte; TTFT = to the first chunk with text; "
+        "added TTFB = target minus direct, both over all samples, and (the checked figure) the median over "
+        "rounds of the difference between the target's p99 and the direct p99 of the same round. "
+        f"Both phases run in {prm['rounds']} rounds alternating between the targets; each round first sends "
+        f"{prm['round_warmup']} unrecorded requests per connection (keep-alive connections open, counters "
+        "read after them); percentiles are over all samples of all rounds; the checked CPU ratios are the "
+        "median over rounds of the ratio between two targets' CPU per request in the same round. "
+        f"Slow streams: {prm['slow_streams']:,} concurrent streams of {prm['slow_chunks']} chunks "
+        f"{prm['slow_chunk_delay_ms']} ms apart; RSS per stream = (peak VmRSS - VmRSS before) / N. "
+        f"Workers: `relay serve --workers N` (SQLite) for N = 1 and 2, started afresh in each of {prm['wk_rounds']} "
+        f"rounds alternating between the Ns, {prm['wk_requests']:,} non-stream requests at {prm['wk_rate']:,}/s "
+        "each, every process of the relay on one CPU; CPU summed over the parent and all workers; memory from "
+        "/proc/PID/smaps_rollup after the load (private = Private_Clean + Private_Dirty). "
+        "CPU = utime+stime of the process under test (and children) from /proc/PID/stat, after a warm-up. "
+        "Billing (with the key checks) and rate limiting are also timed alone by `bench/micro.py` on the "
+        "relay's CPU (100,000 requests through exactly the calls the request path makes), because their few "
+        "microseconds are smaller than the end-to-end figures' round-to-round noise here."
+    )
+    L.append("")
+    L.append(
+        "Caveat: the load generator is Python on one core shared with the fake upstream, so req/s and latency "
+        "are bounded by the client side, not by the proxy; the CPU-per-request figures of the process under "
+        "test do not depend on the client's speed and are the figures to compare. For *direct* the process "
+        "under test is the fake upstream itself (on CPU %s), shown for reference. *Outside load* = CPU time used "
+        "by processes that are not part of the benchmark during that phase, in %% of all CPUs (from /proc/stat); "
+        "anything above a few %% makes the latency columns unreliable; the PostgreSQL and Redis servers (not "
+        "pinned) count as outside load." % CPU_AUX
+    )
+    L.append("")
+    L.append("## Non-stream chat")
+    L.append("")
+    L.append("| target | ok | errors | req/s | p50 ms | p99 ms | p99 per round ms | CPU s / 10k req | outside load |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        ns = r.ns
+        L.append(
+            f"| {name} | {ns.get('ok')} | {ns.get('errors')} | {fmt(ns.get('rps'), 0)} | "
+            f"{fmt(ns.get('lat_p50_ms'))} | {fmt(ns.get('lat_p99_ms'))} | {_rounds(ns)} | "
+            f"{fmt(cpu_per(ns, 10_000), 3)} | {_pct_s(ns)} |"
+        )
+    L.append("")
+    L.append(f"## Streaming chat ({prm['st_concurrency']} concurrent streams)")
+    L.append("")
+    L.append(
+        "| target | ok | [DONE] | errors | TTFB p50 ms | TTFB p99 ms | TTFB p99 per round ms | TTFT p50 ms | "
+        "TTFT p99 ms | stream duration p50 ms | CPU s / 1k streams | outside load |"
+    )
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        st = r.st
+        L.append(
+            f"| {name} | {st.get('ok')} | {st.get('done')} | {st.get('errors')} | {fmt(st.get('ttfb_p50_ms'))} | "
+            f"{fmt(st.get('ttfb_p99_ms'))} | {_rounds(st)} | {fmt(st.get('ttft_p50_ms'))} | "
+            f"{fmt(st.get('ttft_p99_ms'))} | {fmt(st.get('lat_p50_ms'))} | {fmt(cpu_per(st, 1_000), 3)} | "
+            f"{_pct_s(st)} |"
+        )
+    d = results.get("direct")
+    added_rows = []
+    for name, r in results.items():
+        st = r.st
+        if not d or name == "direct" or d.st.get("ttfb_p50_ms") is None or st.get("ttfb_p50_ms") is None:
+            continue
+
+        def diff(k: str) -> float | None:
+            a, b = st.get(k), d.st.get(k)
+            return None if a is None or b is None else a - b
+
+        added_rows.append(
+            f"| {name} | {fmt(diff('ttfb_p50_ms'))} | {fmt(diff('ttfb_p99_ms'))} | "
+            f"{fmt(added_p99_paired(st, d.st))} | {fmt(diff('ttft_p50_ms'))} | {fmt(diff('ttft_p99_ms'))} | "
+            f"{fmt(added_p99_paired(st, d.st, 'round_ttft_p99_ms'))} |"
+        )
+    if added_rows:
+        L.append("")
+        L.append("Added versus direct (ms):")
+        L.append("")
+        L.append(
+            "| target | TTFB p50 | TTFB p99 | TTFB p99, median of rounds | TTFT p50 | TTFT p99 | "
+            "TTFT p99, median of rounds |"
+        )
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        L.extend(added_rows)
+    slow = [(n, r.slow) for n, r in results.items() if r.slow]
+    if slow:
+        L.append("")
+        L.append(f"## {prm['slow_streams']:,} concurrent slow streams")
+        L.append("")
+        L.append(
+            "| target | [DONE] | errors | max open at once | RSS before MB | RSS peak MB | KB / stream | "
+            "CPU s / 1k streams | outside load |"
+        )
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name, s in slow:
+            L.append(
+                f"| {name} | {s.get('done')}/{prm['slow_streams']} | {s.get('errors')} | {s.get('open_max')} | "
+                f"{s['rss_before_kb'] / 1024:.1f} | {s['rss_peak_kb'] / 1024:.1f} | "
+                f"{fmt(s.get('rss_per_stream_kb'), 1)} | {fmt(cpu_per(s, 1_000), 3)} | {_pct_s(s)} |"
+            )
+    if checks:
+        L.append("")
+        tr = info.get("translated") or {}
+        if tr:
+            L.append("## Translated streams")
+            L.append("")
+            L.append(
+                f"One relay serving two channels, {prm['st_streams']:,} streams each at 50 concurrent: *passthrough* "
+                "(an openai channel: events forwarded as they are) and *translated* (an anthropic channel: each "
+                "Anthropic event parsed and rewritten as OpenAI chunks). Frames = SSE events the client receives "
+                "per stream."
+            )
+            L.append("")
+            L.append("| stream path | streams | frames / stream | relay CPU s / 1k frames |")
+            L.append("|---|---:|---:|---:|")
+            for label, r in tr.items():
+                L.append(f"| {label} | {r.get('streams')} | {r.get('frames')} | {fmt(r.get('cpu_per_1k_frames'), 4)} |")
+            L.append("")
+        if info.get("workers"):
+            L.extend(_workers(info["workers"]))
+        L.append("## Targets")
+        L.append("")
+        for ok, text in checks.values():
+            L.append(f"- {verdict(ok)}: {text}")
+    failures = []
+    for name, r in results.items():
+        for phase, d_ in (("non-stream", r.ns), ("stream", r.st), ("slow", r.slow)):
+            if d_ and (d_.get("errors") or d_.get("bad_status") or d_.get("exceptions")):
+                failures.append(f"{name} {phase}: status {d_.get('bad_status')} exceptions {d_.get('exceptions')}")
+    if failures:
+        L.append("")
+        L.append("Failed requests:")
+        L.append("")
+        for f_ in failures:
+            L.append(f"- {f_}")
+    if info.get("notes"):
+        L.append("")
+        for note in info["notes"]:
+            L.append(f"- {note}")
+    L.append("")
+    return "\n".join(L)
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
