@@ -21,6 +21,7 @@ from typing import Protocol
 from .config import ClientKeyConfig, hash_key
 from .errors import PermissionDenied, Unauthorized
 from .store_api import Storage
+from .tasks import stop
 from .types import KeyRecord
 
 __all__ = ["KeyCache", "KeyResolver", "authenticate", "check_key", "extract_key", "key_allows", "new_secret"]
@@ -99,13 +100,8 @@ class KeyCache:
         self._task = asyncio.create_task(self._run(), name="key-cache-poller")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

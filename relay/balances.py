@@ -30,6 +30,7 @@ from typing import Protocol
 
 from .config import PriceConfig
 from .errors import RelayError, UpstreamUnavailable
+from .tasks import stop
 from .types import KeyRecord
 
 __all__ = ["BalanceUnavailable", "Balances", "InsufficientQuota", "LeaseStore", "Reservation"]
@@ -236,13 +237,8 @@ class Balances:
 
     async def close(self) -> None:
         """Stop the keeper and give back every lease whose charges are all written (call after the ledger's close)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop(self._task)
+        self._task = None
         done = [k for k, s in self._slices.items() if s.unflushed <= _EPSILON and s.reserved <= _EPSILON]
         if done:
             try:

@@ -19,6 +19,8 @@ import logging
 from collections import OrderedDict
 from typing import Protocol
 
+from .tasks import stop
+
 __all__ = ["BindingBackend", "ResponseBindings"]
 
 log = logging.getLogger("relay.bindings")
@@ -82,13 +84,8 @@ class ResponseBindings:
         self._task = asyncio.create_task(self._run(), name="response-bindings")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop(self._task)
+        self._task = None
         await self._flush()
 
     async def _run(self) -> None:

@@ -25,9 +25,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import redis
 import yaml
 
+from tests import redisdb
 from tests.pg import pg_database
 from tests.procs import ROOT, Answer, Processes, auth, exit_code
 
@@ -35,27 +35,14 @@ PRICES = {"demo": {"input": 0, "output": 125000}}
 MAX_TOKENS = 8
 UNIT = 1.0
 MSGS = [{"role": "user", "content": "How much does this cost?"}]
-REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = redisdb.REDIS_URL
 LEASE_TTL = 3.0
 
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as e:
-        client.close()
-        reason = f"no Redis reachable at {REDIS_URL} (set RELAY_TEST_REDIS_URL): {e}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    prefix = f"relay:test:scale:{uuid.uuid4().hex[:12]}:"
-    yield prefix
-    stale = list(client.scan_iter(match=prefix + "*", count=1000))
-    if stale:
-        client.delete(*stale)
-    client.close()
+    with redisdb.redis_prefix("scale") as prefix:
+        yield prefix
 
 
 @pytest.fixture

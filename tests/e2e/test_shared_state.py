@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -25,34 +23,24 @@ import redis
 from bench import fake_upstream as fake
 from relay.app import ROUTER
 from relay.router import Account
+from tests import redisdb
 from tests.conftest import ACCOUNTS, CLIENT_KEY, Relay, RelayFactory, Upstream
 
-REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = redisdb.REDIS_URL
 BODY = {"model": "demo", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
 def sync_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as e:
-        client.close()
-        reason = f"no Redis reachable at {REDIS_URL} (set RELAY_TEST_REDIS_URL): {e}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    client = redisdb.redis_client()
     yield client
     client.close()
 
 
 @pytest.fixture
 def prefix(sync_redis: redis.Redis) -> Iterator[str]:
-    p = f"relay:test:shared:{uuid.uuid4().hex[:12]}:"
-    yield p
-    stale = list(sync_redis.scan_iter(match=p + "*", count=1000))
-    if stale:
-        sync_redis.delete(*stale)
+    with redisdb.redis_prefix("shared", sync_redis) as p:
+        yield p
 
 
 @pytest.fixture
