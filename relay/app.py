@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from . import tokens, web_admin, web_api, web_ops
 from .adapters import adapter_for
@@ -173,7 +174,7 @@ def _share(cfg: Config, router: Router) -> tuple[RedisState, SharedBudgets] | No
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _errors_middleware() -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _errors_middleware() -> Middleware:
     # Request ids: a random prefix per process and a counter, so ids are unique across workers and
     # restarts and grow in order (cheap to index, no system call per request).
     prefix = "req_" + os.urandom(6).hex()

@@ -22,7 +22,8 @@ class RedisBindings:
         raw = await self._redis.get(self._prefix + response_id)
         if raw is None:
             return None
-        account, _, key_id = raw.decode().partition("|")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        account, _, key_id = text.partition("|")
         return account, key_id
 
     async def unbind_response(self, response_id: str) -> None:

@@ -331,7 +331,7 @@ class Store:
             row = await cur.fetchone()
         if row is None:
             async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys WHERE prefix = ? LIMIT 2", (ref,)) as cur:
-                rows = await cur.fetchall()
+                rows = list(await cur.fetchall())
             row = rows[0] if len(rows) == 1 else None
         return key_from_row(row) if row else None
 
@@ -380,7 +380,8 @@ class Store:
         """Requests, tokens and cost grouped by any of key, model, day (UTC)."""
         columns = {"key": "key_id", "model": "model", "day": "date(ts, 'unixepoch')"}
         group = [columns[b] for b in by]
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | float] = []
         if key_id is not None:
             where.append("key_id = ?")
             args.append(key_id)

@@ -411,7 +411,8 @@ class AnthropicStream:
             return
         kind = obj.get("type", name)
         if kind == "error" or name == "error":
-            err = obj.get("error") if isinstance(obj.get("error"), Mapping) else {}
+            found = obj.get("error")
+            err: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
             etype = err.get("type") or "api_error"
             body = {"error": {"message": err.get("message") or "The upstream reported an error.",
                               "type": _ERROR_TYPES.get(etype, "server_error"), "param": None, "code": etype}}
@@ -515,8 +516,10 @@ class AnthropicAdapter:
             obj = None
         err = obj.get("error") if isinstance(obj, dict) else None
         if isinstance(err, dict):
-            etype = err.get("type") if isinstance(err.get("type"), str) else etype
-            message = err.get("message") if isinstance(err.get("message"), str) else message
+            if isinstance(err.get("type"), str):
+                etype = err["type"]
+            if isinstance(err.get("message"), str):
+                message = err["message"]
         otype = _ERROR_TYPES.get(etype, "server_error" if status >= 500 else "invalid_request_error")
         shaped = orjson.dumps({"error": {"message": message, "type": otype, "param": None, "code": etype}})
         failure = classify_status(status, headers, shaped, "application/json")

@@ -18,7 +18,7 @@ from ..errors import UpstreamFailure
 from ..sse import EventSplitter, iter_events
 from ..tokens import CompletionCounter
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
-from .base import DeliveredText, classify_status, encode_form, extract_usage_object
+from .base import DeliveredText, StreamHandler, classify_status, encode_form, extract_usage_object
 
 __all__ = ["OpenAIAdapter", "OpenAIPassthrough", "usage_from_openai"]
 
@@ -145,7 +145,7 @@ class OpenAIAdapter:
     def parse_response(self, req: RelayRequest, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         return body, usage_from_openai(extract_usage_object(body))
 
-    def stream_handler(self, req: RelayRequest) -> OpenAIPassthrough:
+    def stream_handler(self, req: RelayRequest) -> StreamHandler:
         return OpenAIPassthrough(keep_usage_chunk=req.wants_usage, model=req.model)
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:

@@ -19,7 +19,7 @@ import orjson
 from ..sse import EventSplitter, iter_events
 from ..tokens import CompletionCounter
 from ..types import RelayRequest, Usage
-from .base import DeliveredText, extract_usage_object
+from .base import DeliveredText, StreamHandler, extract_usage_object
 from .azure import AzureAdapter
 from .openai import OpenAIAdapter, usage_from_openai
 
@@ -123,7 +123,7 @@ class _ResponsesAPI:
             return body, None
         return body, usage_from_openai(extract_usage_object(body))
 
-    def stream_handler(self, req: RelayRequest) -> ResponsesPassthrough:
+    def stream_handler(self, req: RelayRequest) -> StreamHandler:
         return ResponsesPassthrough(req.model, binds=_keeps_state(req))
 
     def state_id(self, req: RelayRequest, body: bytes) -> str | None:
