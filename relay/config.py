@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .config_yaml import ConfigError, Node, expand, read_yaml
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -35,11 +35,6 @@ __all__ = [
 ]
 
 CHANNEL_TYPES = ("openai", "azure", "anthropic", "gemini")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """A config problem; str(err) is one line that names the YAML path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,24 +165,7 @@ def hash_key(key: str) -> str:
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    # `${VAR}` may stand where YAML gives `{` a meaning (`keys: [${KEY}]`): hide each one behind a plain
-    # token while parsing, then put it back in the string it landed in.
-    found: list[str] = []
-
-    def hide(m: re.Match[str]) -> str:
-        found.append(m.group(0))
-        return f"__relay_var_{len(found) - 1}__"
-
-    try:
-        raw = _restore(yaml.safe_load(_VAR.sub(hide, text)), found)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    raw = read_yaml(p)
     cfg = parse_config(raw if raw is not None else {}, os.environ if env is None else env)
     if cfg.database != ":memory:" and "://" not in cfg.database and not os.path.isabs(cfg.database):
         # a relative database path is relative to the config file, wherever the relay is started from
@@ -196,7 +174,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 
 def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
-    root = _Node(_expand(raw, env, ""), "")
+    root = Node(expand(raw, env), "")
     root.mapping()
     root.allow(
         "server", "admin_token", "database", "channels", "client_keys", "prices", "billing", "limits",
@@ -294,7 +272,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     )
 
 
-def _channels(node: _Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
+def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
     out: list[ChannelConfig] = []
     skipped: list[str] = []
     names: set[str] = set()
@@ -349,7 +327,7 @@ def _channels(node: _Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
     return tuple(out), tuple(skipped)
 
 
-def _client_keys(node: _Node) -> tuple[ClientKeyConfig, ...]:
+def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:
     out = []
     for k in node.items():
         k.mapping()
@@ -374,7 +352,7 @@ def _client_keys(node: _Node) -> tuple[ClientKeyConfig, ...]:
     return tuple(out)
 
 
-def _prices(node: _Node) -> dict[str, PriceConfig]:
+def _prices(node: Node) -> dict[str, PriceConfig]:
     out: dict[str, PriceConfig] = {}
     for model in node.keys():
         p = node.child(model)
@@ -392,133 +370,3 @@ def _prices(node: _Node) -> dict[str, PriceConfig]:
             free=p.get_bool("free", False),
         )
     return out
-
-
-_HIDDEN = re.compile(r"__relay_var_(\d+)__")
-
-
-def _restore(value: Any, found: list[str]) -> Any:
-    if isinstance(value, str):
-        return _HIDDEN.sub(lambda m: found[int(m.group(1))], value)
-    if isinstance(value, list):
-        return [_restore(v, found) for v in value]
-    if isinstance(value, dict):
-        return {k: _restore(v, found) for k, v in value.items()}
-    return value
-
-
-def _expand(value: Any, env: Mapping[str, str], path: str) -> Any:
-    if isinstance(value, str):
-        def sub(m: re.Match[str]) -> str:
-            got = env.get(m.group(1))
-            if got is None or (got == "" and m.group(2) is not None):
-                return m.group(2) or ""
-            return got
-
-        return _VAR.sub(sub, value)
-    if isinstance(value, list):
-        return [_expand(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: _expand(v, env, f"{path}.{k}") for k, v in value.items()}
-    return value
-
-
-class _Node:
-    """A YAML value and its path, with typed getters that raise ConfigError naming the path."""
-
-    __slots__ = ("value", "path")
-
-    def __init__(self, value: Any, path: str) -> None:
-        self.value = value
-        self.path = path
-
-    def _sub(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def mapping(self) -> dict[str, Any]:
-        if self.value is None:
-            self.value = {}
-        if not isinstance(self.value, dict):
-            raise ConfigError(f"{self.path or 'config'}: must be a mapping")
-        return self.value
-
-    def allow(self, *names: str) -> None:
-        for k in self.mapping():
-            if k not in names:
-                raise ConfigError(f"{self._sub(str(k))}: unknown field")
-
-    def keys(self) -> list[str]:
-        return [str(k) for k in self.mapping()]
-
-    def child(self, key: str, default: Any = None) -> _Node:
-        return _Node(self.mapping().get(key, default), self._sub(key))
-
-    def items(self) -> list[_Node]:
-        if self.value is None:
-            return []
-        if not isinstance(self.value, list):
-            raise ConfigError(f"{self.path}: must be a list")
-        return [_Node(v, f"{self.path}[{i}]") for i, v in enumerate(self.value)]
-
-    def get_scalar_str(self) -> str:
-        if isinstance(self.value, bool) or not isinstance(self.value, (str, int, float)):
-            raise ConfigError(f"{self.path}: must be a string")
-        return str(self.value)
-
-    def get_str(self, key: str, default: str | None = None) -> str:
-        v = self.mapping().get(key)
-        if v is None:
-            if default is None:
-                raise ConfigError(f"{self._sub(key)}: required")
-            return default
-        return self.child(key).get_scalar_str()
-
-    def get_str_list(self, key: str, default: list[str] | None = None) -> list[str]:
-        v = self.mapping().get(key)
-        if v is None:
-            if default is None:
-                raise ConfigError(f"{self._sub(key)}: required")
-            return default
-        if isinstance(v, str):
-            v = [s.strip() for s in v.split(",")]
-        if not isinstance(v, list):
-            raise ConfigError(f"{self._sub(key)}: must be a list of strings")
-        return [_Node(x, f"{self._sub(key)}[{i}]").get_scalar_str() for i, x in enumerate(v)]
-
-    def _number(self, key: str, kind: type, default: Any, lo: float | None, hi: float | None) -> Any:
-        v = self.mapping().get(key)
-        if v is None or v == "":
-            return default
-        try:
-            if isinstance(v, bool):
-                raise ValueError
-            n = kind(v) if kind is float else int(str(v))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{self._sub(key)}: must be a{'n integer' if kind is int else ' number'}, not {v!r}") from None
-        if (lo is not None and n < lo) or (hi is not None and n > hi):
-            bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise ConfigError(f"{self._sub(key)}: must be {bounds}, not {v!r}")
-        return n
-
-    def get_int(self, key: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
-        return int(self._number(key, int, default, lo, hi))
-
-    def get_opt_int(self, key: str) -> int | None:
-        v = self._number(key, int, None, 1, None)
-        return None if v is None else int(v)
-
-    def get_float(self, key: str, default: float, lo: float | None = 0.001, hi: float | None = None) -> float:
-        return float(self._number(key, float, default, lo, hi))
-
-    def get_bool(self, key: str, default: bool) -> bool:
-        v = self.mapping().get(key)
-        if v is None or v == "":
-            return default
-        if isinstance(v, bool):
-            return v
-        s = str(v).strip().lower()
-        if s in ("true", "yes", "1", "on"):
-            return True
-        if s in ("false", "no", "0", "off"):
-            return False
-        raise ConfigError(f"{self._sub(key)}: must be true or false, not {v!r}")
