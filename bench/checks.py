@@ -15,8 +15,9 @@ from bench.procs import CPU_SUT, PY, ROOT, preexec
 
 __all__ = [
     "Check", "MAX_ADDED_TTFB_P99_MS", "MAX_CPU_RATIO", "MAX_PG_CPU_RATIO", "MAX_RSS_KB_PER_STREAM",
-    "MAX_WORKER_PRIVATE_MB", "MAX_WORKERS_CPU_RATIO", "added_p99_paired", "cpu_per", "cpu_ratio", "median",
-    "pg_checks", "relay_checks", "run_micro", "verdict", "workers_checks",
+    "MAX_RESPONSES_CPU_RATIO", "MAX_WORKER_PRIVATE_MB", "MAX_WORKERS_CPU_RATIO", "added_p99_paired", "cpu_per",
+    "cpu_ratio", "median", "pg_checks", "relay_checks", "responses_checks", "run_micro", "verdict",
+    "workers_checks",
 ]
 
 Check = tuple[bool | None, str]  # (True: PASS, False: FAIL, None: SKIP; the line of the report)
@@ -33,6 +34,8 @@ SLOW_TARGET_STREAMS = 5_000
 MAX_PG_CPU_RATIO = 1.15  # relay on PostgreSQL + Redis over relay on SQLite, CPU per non-stream request
 MAX_WORKERS_CPU_RATIO = 1.1  # CPU per request with N workers (parent and workers summed) over one worker's
 MAX_WORKER_PRIVATE_MB = 40.0  # private memory of each extra worker
+# relay CPU per Responses passthrough stream (POST /v1/responses, openai channel) over per chat passthrough stream
+MAX_RESPONSES_CPU_RATIO = 1.1
 
 
 def median(values: list[float]) -> float | None:
@@ -123,6 +126,7 @@ def relay_checks(
         f"relay CPU per stream <= {MAX_CPU_RATIO}x baseline: {fmt(q)}x (median of same-round ratios; "
         f"pooled {fmt(r, 3)} vs {fmt(b, 3)} CPU s / 1k streams)",
     )
+    checks.update(responses_checks(relay))
     added = pooled = added_ttft = None
     if direct and direct.st.get("ttfb_p99_ms") is not None and relay.st.get("ttfb_p99_ms") is not None:
         added = added_p99_paired(relay.st, direct.st)
@@ -194,6 +198,31 @@ def relay_checks(
     elif unmeasured and "workers" in unmeasured:
         checks["workers_cpu"] = (None, f"--workers 2: not measured ({unmeasured['workers']})")
     return checks
+
+
+def responses_checks(relay: TargetResult) -> dict[str, Check]:
+    """Responses passthrough streams against chat passthrough streams of the same relay, round by round.
+
+    Every Responses stream must also have ended with its `response.completed` event (counted by bench/load.py).
+    """
+    rs, st = relay.rs, relay.st
+    if not rs:
+        return {}
+    q = cpu_ratio(rs, st)
+    ok_n, done = rs.get("ok", 0), rs.get("done", 0)
+    fr, fc = rs.get("frames"), st.get("frames")
+    # for the reader: a Responses stream carries more events than a chat stream of the same text
+    per_frame = "" if q is None or not fr or not fc else (
+        f"; per frame {fmt(q * fc / fr)}x, {fr} vs {fc} frames per stream")
+    ok = (q is not None and q <= MAX_RESPONSES_CPU_RATIO and rs.get("errors", 1) == 0 and ok_n > 0
+          and done == ok_n and st.get("errors", 1) == 0)
+    return {"responses_cpu": (
+        ok,
+        f"relay CPU per Responses passthrough stream (POST /v1/responses, openai channel) <= "
+        f"{MAX_RESPONSES_CPU_RATIO:g}x per chat passthrough stream: {fmt(q)}x (median of same-round ratios; "
+        f"pooled {fmt(cpu_per(rs, 1_000), 3)} vs {fmt(cpu_per(st, 1_000), 3)} CPU s / 1k streams; "
+        f"{done}/{ok_n} ended with response.completed, {rs.get('errors')} errors{per_frame})",
+    )}
 
 
 def pg_checks(relay: TargetResult, pg: TargetResult | None, why_not: str | None) -> dict[str, Check]:

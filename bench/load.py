@@ -15,6 +15,11 @@ Modes:
              delta with non-empty "content"); a stream counts as complete only
              when the body ends with the ``data: [DONE]`` event.
 
+``--api responses`` sends OpenAI's Responses API body instead (``{"model", "input",
+"stream"}``; point ``--url`` at ``/v1/responses``): TTFT is then to the first
+``response.output_text.delta`` with text, and a stream counts as complete only
+when its ``event: response.completed`` arrived whole (no ``[DONE]`` in that API).
+
 With ``--warmup N`` the workers first send N unrecorded requests (which also
 opens the keep-alive connections), then the process writes ``WARM`` on stderr
 and waits for a line on stdin before the measured requests start; the caller
@@ -28,9 +33,8 @@ import asyncio
 import gc
 import resource
 import sys
-import time
-
 import re
+import time
 
 import orjson
 import uvloop
@@ -39,6 +43,10 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
 # a chat delta with non-empty text (the role preamble has "content":"")
 _CONTENT = re.compile(rb'"content":"[^"]')
+# a Responses text delta with non-empty text
+_DELTA = re.compile(rb'"delta":"[^"]')
+# the terminal event of a Responses stream that finished (at the start of an event: after a blank line)
+_COMPLETED = b"event: response.completed\n"
 
 
 def _raise_nofile() -> None:
@@ -82,7 +90,12 @@ class Load:
         self.args = args
         self.session = session
         self.stream = args.mode == "stream"
-        payload: dict = {"model": args.model, "messages": [{"role": "user", "content": "hi"}]}
+        self.responses = args.api == "responses"
+        payload: dict = {"model": args.model}
+        if self.responses:
+            payload["input"] = "hi"
+        else:
+            payload["messages"] = [{"role": "user", "content": "hi"}]
         if self.stream:
             payload["stream"] = True
         self.body = orjson.dumps(payload)
@@ -108,6 +121,8 @@ class Load:
         first_content = None
         tail = b""
         opened = False
+        text = _DELTA if self.responses else _CONTENT
+        completed = False  # Responses: the response.completed event has begun
         try:
             async with self.session.post(self.args.url, data=self.body, headers=self.headers) as resp:
                 status = resp.status
@@ -118,8 +133,12 @@ class Load:
                         st.open_now += 1
                         if st.open_now > st.open_max:
                             st.open_max = st.open_now
-                    if first_content is None and _CONTENT.search(tail[-32:] + chunk):
+                    if first_content is None and text.search(tail[-32:] + chunk):
                         first_content = perf() - t0
+                    if self.responses and not completed:
+                        seam = tail[-32:] + chunk
+                        at = seam.find(_COMPLETED)
+                        completed = at == 0 and not tail or at > 0 and seam[at - 1 : at] == b"\n"
                     tail = (tail + chunk)[-64:]
         finally:
             if opened:
@@ -134,7 +153,11 @@ class Load:
             st.ttfb.append(first)
         if first_content is not None:
             st.ttft.append(first_content)
-        if tail.rstrip().endswith(b"data: [DONE]"):
+        if self.responses:
+            # the terminal event began at the start of an event and the body ended with that event whole
+            if completed and tail.endswith(b"\n\n"):
+                st.done += 1
+        elif tail.rstrip().endswith(b"data: [DONE]"):
             st.done += 1
 
     async def phase(self, total: int, st: Stats) -> float:
@@ -199,6 +222,7 @@ async def run(args: argparse.Namespace) -> dict:
 
     out = {
         "mode": args.mode,
+        "api": args.api,
         "url": args.url,
         "requests": args.requests,
         "concurrency": args.concurrency,
@@ -236,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--key", default="k1")
     p.add_argument("--model", default="demo")
     p.add_argument("--mode", choices=("nonstream", "stream"), default="nonstream")
+    p.add_argument("--api", choices=("chat", "responses"), default="chat",
+                   help="request body: a chat completion (default) or a Responses API request")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--warmup", type=int, default=0, help="unrecorded requests first, then WARM / wait for stdin")

@@ -35,16 +35,19 @@ def run_load(
     raw: bool = False,
     timeout: float = 240.0,
     model: str = "demo",
+    api: str = "chat",
 ) -> dict:
     """Run one load-generator process; measure CPU and peak RSS of the process under test.
 
     With `warmup`, the load generator first sends that many unrecorded requests over the same
     keep-alive connections; the counters are read after them, right before the measured requests.
+    `api` is the request body bench/load.py sends ("chat" or "responses"; `url` must be its endpoint).
     """
     argv = [
         PY, "-m", "bench.load", "--url", url, "--key", key, "--mode", mode,
         "--requests", str(requests), "--concurrency", str(concurrency), "--ramp", str(ramp),
         "--stagger", str(stagger), "--warmup", str(warmup), "--model", model,
+        "--api", api,
     ] + (["--raw"] if raw else [])
     tree: list[int] = []
     watch: list[int] = []
@@ -128,6 +131,7 @@ class TargetResult:
     ns: dict = field(default_factory=dict)
     st: dict = field(default_factory=dict)
     slow: dict = field(default_factory=dict)
+    rs: dict = field(default_factory=dict)  # Responses API streams (POST /v1/responses), relay only
 
 
 @dataclass
@@ -136,6 +140,7 @@ class Target:
     port: int
     key: str
     pid: int  # the process under test
+    responses: bool = False  # also stream POST /v1/responses in the stream rounds (beside chat)
 
 
 def merge(rounds: list[dict]) -> dict:

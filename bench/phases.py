@@ -1,4 +1,5 @@
-"""The measured phases: interleaved rounds (non-stream, stream), slow streams, translated streams.
+"""The measured phases: interleaved rounds (non-stream, stream: chat and Responses), slow streams, translated
+streams.
 
 Each phase drives targets that are already running and returns what it measured; starting and stopping
 the targets is the caller's (bench/run.py).
@@ -16,13 +17,16 @@ from bench.measure import Target, TargetResult, brief, fmt, merge, run_load
 from bench.procs import CPU_SUT, PY, Proc, free_port, start_fake, start_fake_anthropic, url
 from bench.relays import CLIENT_KEY
 
-__all__ = ["Log", "bench_interleaved", "bench_slow", "bench_translated", "stream_events"]
+__all__ = ["TRANSLATED", "Log", "bench_interleaved", "bench_slow", "bench_translated", "stream_events"]
 
 Log = Callable[[str], None]
 
 
 def bench_interleaved(targets: list[Target], prm: dict, log: Log) -> dict[str, TargetResult]:
     """Non-stream and stream phases, in rounds that alternate between the targets.
+
+A target with `responses` also streams POST /v1/responses in every stream round, right beside its chat
+streams (same concurrency, chunks and chunk delay), so the two are compared round by round.
 
     Alternating rounds spread any outside disturbance (other work on the machine, frequency
     changes) over all targets instead of letting it land on one of them.
@@ -37,6 +41,12 @@ def bench_interleaved(targets: list[Target], prm: dict, log: Log) -> dict[str, T
         run_load(url(t.port), t.key, "nonstream", prm["ns_warmup"], prm["ns_concurrency"], None)
         run_load(url(t.port), t.key, "stream", prm["st_warmup"], prm["st_concurrency"], None,
                  stagger=stagger)
+        if t.responses:
+            run_load(url(t.port, "responses"), t.key, "stream", prm["st_warmup"], prm["st_concurrency"], None,
+                     stagger=stagger, api="responses")
+    # frames per stream of each API (a Responses stream has more events than chat for the same text)
+    frames = {t.name: {api: stream_events(t.port, t.key, "demo", api) for api in ("chat", "responses")}
+              for t in targets if t.responses}
     per = max(1, prm["ns_requests"] // rounds)
     log(f"non-stream: {rounds} rounds x {per} requests @ {prm['ns_concurrency']} per target")
     parts: dict[str, list[dict]] = {t.name: [] for t in targets}
@@ -52,15 +62,24 @@ def bench_interleaved(targets: list[Target], prm: dict, log: Log) -> dict[str, T
     per = max(1, prm["st_streams"] // rounds)
     log(f"stream: {rounds} rounds x {per} streams @ {prm['st_concurrency']} per target")
     parts = {t.name: [] for t in targets}
+    rparts: dict[str, list[dict]] = {t.name: [] for t in targets if t.responses}
     for i in range(rounds):
         for t in targets:
-            r = run_load(url(t.port), t.key, "stream", per, prm["st_concurrency"], t.pid,
-                         warmup=prm["round_warmup"] * prm["st_concurrency"], stagger=stagger, raw=True)
-            parts[t.name].append(r)
-            log(f"  [{t.name}] round {i + 1}: {brief(r)}")
+            # a target with Responses streams runs them next to its chat streams, the two in turn first
+            apis = ["chat", "responses"] if t.responses else ["chat"]
+            for api in apis if i % 2 == 0 else apis[::-1]:
+                r = run_load(url(t.port, api), t.key, "stream", per, prm["st_concurrency"], t.pid,
+                             warmup=prm["round_warmup"] * prm["st_concurrency"], stagger=stagger, raw=True,
+                             api=api)
+                (parts if api == "chat" else rparts)[t.name].append(r)
+                log(f"  [{t.name}{'' if api == 'chat' else ' responses'}] round {i + 1}: {brief(r)}")
     for t in targets:
         res[t.name].st = merge(parts[t.name])
         log(f"[{t.name}] stream: {brief(res[t.name].st)}")
+        if t.responses:
+            res[t.name].st["frames"] = frames[t.name]["chat"]
+            res[t.name].rs = {**merge(rparts[t.name]), "frames": frames[t.name]["responses"]}
+            log(f"[{t.name}] responses stream: {brief(res[t.name].rs)}")
     return res
 
 
@@ -78,18 +97,38 @@ def bench_slow(name: str, port: int, key: str, sut_pid: int, prm: dict, log: Log
     return r
 
 
-def stream_events(port: int, key: str, model: str) -> int:
-    """SSE events (frames) the relay sends for one streamed answer of `model`."""
-    body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+def stream_events(port: int, key: str, model: str, api: str = "chat") -> int:
+    """SSE events (frames) the relay sends for one streamed answer of `model` (a chat or Responses stream)."""
+    payload: dict = {"model": model, "stream": True}
+    if api == "responses":
+        payload["input"] = "hi"
+    else:
+        payload["messages"] = [{"role": "user", "content": "hi"}]
     req = urllib.request.Request(
-        url(port), data=body, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        url(port, api), data=json.dumps(payload).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().count(b"data:")
 
 
+# (request, channel, what the relay does with the stream, model); the channels are in bench_translated's config
+TRANSLATED = (
+    ("chat", "openai", "passthrough", "demo"),
+    ("chat", "anthropic", "translated", "claude-bench"),
+    ("responses", "openai", "passthrough", "demo"),
+    ("responses", "anthropic", "translated", "claude-bench"),
+    ("responses", "openai, responses: false", "translated", "demo-chat"),
+)
+
+
 def bench_translated(logdir: Path, prm: dict, log: Log) -> dict:
-    """Relay CPU per 1,000 stream frames: passthrough (an openai channel) beside translated (anthropic)."""
+    """Relay CPU per 1,000 stream frames, chat and Responses requests, passed through or translated.
+
+    One relay, three channels: an openai channel on the fake (chat and Responses passed through), the same
+    fake as a `responses: false` openai channel (Responses served over its chat) and an anthropic channel
+    (chat translated from Anthropic's events; Responses translated once more from those chat chunks).
+    """
     fake = start_fake(logdir, "fake-tr", prm["st_chunks"], 0)
     claude = start_fake_anthropic(logdir)
     port = free_port()
@@ -100,9 +139,13 @@ def bench_translated(logdir: Path, prm: dict, log: Log) -> dict:
         "client_keys:\n  - {name: bench, key: %s}\n"
         "channels:\n"
         "  - {name: fake, type: openai, base_url: 'http://127.0.0.1:%d/v1', keys: [k1], models: [demo]}\n"
+        "  - {name: fake-chat, type: openai, base_url: 'http://127.0.0.1:%d/v1', keys: [k1], models: [demo-chat],\n"
+        "     responses: false}\n"
         "  - {name: claude, type: anthropic, base_url: 'http://127.0.0.1:%d', keys: [ak1], models: [claude-bench]}\n"
-        "prices: {demo: {input: 1, output: 2}, claude-bench: {input: 3, output: 15}}\n"
-        "log_level: warning\n" % (port, json.dumps(str(logdir / "relay-tr.db")), CLIENT_KEY, fake.port, claude.port)
+        "prices: {demo: {input: 1, output: 2}, demo-chat: {input: 1, output: 2}, "
+        "claude-bench: {input: 3, output: 15}}\n"
+        "log_level: warning\n" % (port, json.dumps(str(logdir / "relay-tr.db")), CLIENT_KEY, fake.port, fake.port,
+                                  claude.port)
     )
     relay = Proc("relay-tr", [PY, "-m", "relay", "serve", "--config", str(cfg), "--port", str(port)],
                  CPU_SUT, logdir, port)
@@ -110,14 +153,17 @@ def bench_translated(logdir: Path, prm: dict, log: Log) -> dict:
     try:
         relay.wait_ready("/healthz", timeout=60.0)
         n = prm["st_streams"]
-        for label, model in (("passthrough", "demo"), ("translated", "claude-bench")):
-            frames = stream_events(port, CLIENT_KEY, model)
-            run_load(url(port), CLIENT_KEY, "stream", 200, 50, None, model=model)
-            r = run_load(url(port), CLIENT_KEY, "stream", n, 50, relay.pid, model=model)
+        for api, channel, how, model in TRANSLATED:
+            frames = stream_events(port, CLIENT_KEY, model, api)
+            run_load(url(port, api), CLIENT_KEY, "stream", 200, 50, None, model=model, api=api)
+            r = run_load(url(port, api), CLIENT_KEY, "stream", n, 50, relay.pid, model=model, api=api)
             per_k = r["cpu_s"] / (r["ok"] * frames) * 1000 if r.get("ok") and frames else None
-            out[label] = {"frames": frames, "streams": r.get("ok"), "errors": r.get("errors"),
-                          "cpu_s": r.get("cpu_s"), "cpu_per_1k_frames": per_k}
-            log(f"[{label}] {r.get('ok')} streams of {frames} frames: relay CPU {fmt(per_k, 4)} s / 1k frames")
+            label = f"{api} / {channel}"
+            out[label] = {"api": api, "channel": channel, "how": how, "frames": frames, "streams": r.get("ok"),
+                          "done": r.get("done"), "errors": r.get("errors"), "cpu_s": r.get("cpu_s"),
+                          "cpu_per_1k_frames": per_k}
+            log(f"[{label}, {how}] {r.get('ok')} streams ({r.get('done')} complete) of {frames} frames: "
+                f"relay CPU {fmt(per_k, 4)} s / 1k frames")
     finally:
         for p in (relay, claude, fake):
             p.stop()

@@ -169,8 +169,9 @@ def free_port() -> int:
         return port
 
 
-def url(port: int) -> str:
-    return f"http://127.0.0.1:{port}/v1/chat/completions"
+def url(port: int, api: str = "chat") -> str:
+    """The endpoint of `api` ("chat": chat completions, "responses": the Responses API) on a local port."""
+    return f"http://127.0.0.1:{port}/v1/{'responses' if api == 'responses' else 'chat/completions'}"
 
 
 class Proc:

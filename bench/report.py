@@ -33,6 +33,61 @@ def _workers(summary: dict) -> list[str]:
     ]
 
 
+def _responses(results: dict[str, TargetResult], prm: dict) -> list[str]:
+    """The relay's Responses passthrough streams beside its chat streams of the same rounds."""
+    rows = [(n, r) for n, r in results.items() if r.rs]
+    if not rows:
+        return []
+    L = [
+        "",
+        f"## Responses passthrough streams ({prm['st_concurrency']} concurrent streams)",
+        "",
+        "POST /v1/responses with `stream: true` on the relay's openai channel (passed through: events forwarded "
+        "as they arrive, only the terminal event parsed), in every stream round right beside the relay's chat "
+        "streams, the two in turn first: same concurrency, stagger and fake "
+        f"({prm['st_chunks']} text deltas {prm['st_chunk_delay_ms']} ms apart; a Responses stream also carries "
+        "the created, in_progress, item and part events around them, each also that far apart, and ends with "
+        "`response.completed`, which carries the whole response). Complete = ended with `data: [DONE]` (chat) "
+        "or with a whole `response.completed` event (Responses).",
+        "",
+        "| target | request | ok | complete | errors | frames / stream | TTFB p50 ms | TTFB p99 ms | TTFT p50 ms | "
+        "TTFT p99 ms | stream duration p50 ms | CPU s / 1k streams | CPU per round, Responses / chat |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows:
+        ratios = " / ".join(fmt(a / b) for a, b in zip(r.rs.get("round_cpu_per", []), r.st.get("round_cpu_per", []))
+                            if a and b) or "n/a"
+        for request, d in (("chat", r.st), ("responses", r.rs)):
+            L.append(
+                f"| {name} | {request} | {d.get('ok')} | {d.get('done')} | {d.get('errors')} | "
+                f"{fmt(d.get('frames'))} | {fmt(d.get('ttfb_p50_ms'))} | {fmt(d.get('ttfb_p99_ms'))} | "
+                f"{fmt(d.get('ttft_p50_ms'))} | {fmt(d.get('ttft_p99_ms'))} | {fmt(d.get('lat_p50_ms'))} | "
+                f"{fmt(cpu_per(d, 1_000), 3)} | "
+                f"{ratios if request == 'responses' else ''} |"
+            )
+    return L
+
+
+def _translated(tr: dict, prm: dict) -> list[str]:
+    return [
+        "## Translated streams",
+        "",
+        f"One relay, {prm['st_streams']:,} streams per row at 50 concurrent, the fakes sending at once: chat and "
+        "Responses requests on an openai channel (*passthrough*: events forwarded as they are), on the same fake "
+        "as a `responses: false` openai channel (Responses *translated* from its chat chunks) and on an "
+        "anthropic channel (chat *translated* from Anthropic's events; Responses translated once more, from "
+        "those chat chunks). Frames = SSE events the client receives per stream; complete = ended with "
+        "`data: [DONE]` (chat) or `response.completed` (Responses).",
+        "",
+        "| request | channel | stream path | streams | complete | frames / stream | relay CPU s / 1k frames |",
+        "|---|---|---|---:|---:|---:|---:|",
+        *(f"| {r.get('api', label)} | {r.get('channel', '')} | {r.get('how', label)} | {r.get('streams')} | "
+          f"{fmt(r.get('done'))} | {r.get('frames')} | {fmt(r.get('cpu_per_1k_frames'), 4)} |"
+          for label, r in tr.items()),
+        "",
+    ]
+
+
 def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dict, info: dict) -> str:
     import aiohttp
 
@@ -69,6 +124,8 @@ def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dic
         "TTFB = request sent to first body byte; TTFT = to the first chunk with text; "
         "added TTFB = target minus direct, both over all samples, and (the checked figure) the median over "
         "rounds of the difference between the target's p99 and the direct p99 of the same round. "
+        "The relay also streams POST /v1/responses (its openai channel, passed through) in every stream round, "
+        "right beside its chat streams. "
         f"Both phases run in {prm['rounds']} rounds alternating between the targets; each round first sends "
         f"{prm['round_warmup']} unrecorded requests per connection (keep-alive connections open, counters "
         "read after them); percentiles are over all samples of all rounds; the checked CPU ratios are the "
@@ -148,6 +205,7 @@ def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dic
         )
         L.append("|---|---:|---:|---:|---:|---:|---:|")
         L.extend(added_rows)
+    L.extend(_responses(results, prm))
     slow = [(n, r.slow) for n, r in results.items() if r.slow]
     if slow:
         L.append("")
@@ -168,20 +226,7 @@ def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dic
         L.append("")
         tr = info.get("translated") or {}
         if tr:
-            L.append("## Translated streams")
-            L.append("")
-            L.append(
-                f"One relay serving two channels, {prm['st_streams']:,} streams each at 50 concurrent: *passthrough* "
-                "(an openai channel: events forwarded as they are) and *translated* (an anthropic channel: each "
-                "Anthropic event parsed and rewritten as OpenAI chunks). Frames = SSE events the client receives "
-                "per stream."
-            )
-            L.append("")
-            L.append("| stream path | streams | frames / stream | relay CPU s / 1k frames |")
-            L.append("|---|---:|---:|---:|")
-            for label, r in tr.items():
-                L.append(f"| {label} | {r.get('streams')} | {r.get('frames')} | {fmt(r.get('cpu_per_1k_frames'), 4)} |")
-            L.append("")
+            L.extend(_translated(tr, prm))
         if info.get("workers"):
             L.extend(_workers(info["workers"]))
         L.append("## Targets")
@@ -190,7 +235,7 @@ def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dic
             L.append(f"- {verdict(ok)}: {text}")
     failures = []
     for name, r in results.items():
-        for phase, d_ in (("non-stream", r.ns), ("stream", r.st), ("slow", r.slow)):
+        for phase, d_ in (("non-stream", r.ns), ("stream", r.st), ("responses stream", r.rs), ("slow", r.slow)):
             if d_ and (d_.get("errors") or d_.get("bad_status") or d_.get("exceptions")):
                 failures.append(f"{name} {phase}: status {d_.get('bad_status')} exceptions {d_.get('exceptions')}")
     if failures:

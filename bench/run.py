@@ -9,9 +9,11 @@ removes the PostgreSQL database and Redis keys it created, and writes a Markdown
 
 Phases (bench/phases.py, bench/workers.py):
   * non-stream chat at a fixed request rate and stream chat at 100 concurrent streams, in rounds that
-    alternate between the targets: latency, TTFB, CPU s of the process under test per request;
+    alternate between the targets: latency, TTFB, CPU s of the process under test per request; the relay
+    also streams POST /v1/responses (passthrough) beside its chat streams in the same rounds;
   * (baseline, relay; restarted against a slow fake) N concurrent slow streams: RSS per open stream;
-  * translated streams: relay CPU per stream frame, an openai channel beside an anthropic one;
+  * translated streams: relay CPU per stream frame, chat and Responses, on openai (passthrough), openai
+    `responses: false` and anthropic channels;
   * `relay serve --workers 1` and `--workers 2`: CPU per request over all processes, memory per process.
 The checks are in bench/checks.py, the report in bench/report.py. Exit status 0 only if every check holds.
 """
@@ -110,7 +112,7 @@ def start_targets(
                 started.append(relay_proc[0])
                 notes += check_relay_features(relay_proc[0].port)
             srv, limited = relay_proc
-            tl.append(Target(t, srv.port, CLIENT_KEY if t == "relay" else limited, srv.pid))
+            tl.append(Target(t, srv.port, CLIENT_KEY if t == "relay" else limited, srv.pid, responses=t == "relay"))
             log(f"{t} pid {srv.pid} on :{srv.port} (CPU {CPU_SUT})")
             continue
         else:
@@ -148,10 +150,14 @@ def ledger_notes(logdir: Path, results: dict[str, TargetResult], prm: dict, scra
     if shared:
         rows = ledger_rows(logdir / "relay.db")
         # the relay and relay+limits targets share one relay process and its ledger
-        sent = sum(r.ns.get("ok", 0) + r.st.get("ok", 0) for r in shared)
+        sent = sum(r.ns.get("ok", 0) + r.st.get("ok", 0) + r.rs.get("ok", 0) for r in shared)
+        # the relay's Responses streams have warm-ups of their own, as its chat streams do
+        # (and one chat and one Responses stream that count the frames of each)
+        rs_warm = prm["st_warmup"] + prm["rounds"] * prm["round_warmup"] * prm["st_concurrency"] + 2
+        warm_all = len(shared) * warm + sum(rs_warm for r in shared if r.rs)
         notes.append(
             f"relay ledger holds {rows} usage rows after the run ({sent} measured requests "
-            f"+ {len(shared) * warm} warm-up requests sent, relay and relay+limits together)"
+            f"+ {warm_all} warm-up requests sent, relay and relay+limits together, Responses streams included)"
         )
     pg = results.get("relay+pg")
     book = scratch.ledger() if pg else None

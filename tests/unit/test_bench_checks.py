@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.checks import pg_checks, relay_checks, workers_checks
+from bench.checks import pg_checks, relay_checks, responses_checks, workers_checks
 from bench.measure import TargetResult
 from bench.report import render
 from bench.run import QUICK
@@ -80,3 +80,46 @@ def test_report_lists_relay_pg_beside_the_others_and_every_process_of_the_worker
     for process in ("the one process", "parent", "worker 0", "worker 1"):
         assert f"| {process} | 100.0 |" in text
     assert "- PASS: relay on PostgreSQL + Redis CPU per non-stream request <= 1.15x relay on SQLite: 1.05x" in text
+
+
+def streams(cpu_per_round: list[float], done: int | None = None, errors: int = 0, frames: int = 23) -> dict:
+    """A pooled stream phase: 100 streams a round with the given CPU s per stream, `done` complete (all)."""
+    ok = 100 * len(cpu_per_round)
+    return {"ok": ok, "done": ok if done is None else done, "errors": errors, "cpu_s": 100 * sum(cpu_per_round),
+            "round_cpu_per": cpu_per_round, "frames": frames, "wall_s": 1.0, "outside_cpu_s": 0.0}
+
+
+def relay_with_responses(chat: list[float], responses: list[float], **kw) -> TargetResult:
+    return TargetResult("relay", ns=ns([1e-4]), st=streams(chat), rs=streams(responses, frames=28, **kw))
+
+
+def test_responses_passthrough_passes_within_110_percent_of_chat_by_the_median_of_same_round_ratios() -> None:
+    # one disturbed round (2x) does not decide it
+    (ok, text), = responses_checks(relay_with_responses([2.0, 2.0, 2.0], [2.1, 4.0, 2.16])).values()
+    assert ok is True and "<= 1.1x per chat passthrough stream: 1.08x" in text
+    assert "300/300 ended with response.completed" in text
+    assert "per frame 0.89x, 28 vs 23 frames per stream" in text
+    (ok, _), = responses_checks(relay_with_responses([2.0, 2.0, 2.0], [2.3, 2.4, 2.1])).values()
+    assert ok is False
+
+
+def test_responses_streams_that_did_not_complete_or_failed_fail_the_check_whatever_the_cpu() -> None:
+    (ok, text), = responses_checks(relay_with_responses([2.0], [2.0], done=99)).values()
+    assert ok is False and "99/100 ended with response.completed" in text
+    (ok, _), = responses_checks(relay_with_responses([2.0], [2.0], errors=1)).values()
+    assert ok is False
+
+
+def test_report_shows_responses_beside_chat_streams_and_translated_responses_rows() -> None:
+    results = {"relay": relay_with_responses([2e-3, 2e-3], [2.1e-3, 2.2e-3])}
+    checks = relay_checks(results, QUICK)
+    assert checks["responses_cpu"][0] is True
+    translated = {"responses / anthropic": {"api": "responses", "channel": "anthropic", "how": "translated",
+                                            "frames": 16, "streams": 500, "done": 500, "cpu_per_1k_frames": 0.12}}
+    text = render(results, QUICK, True, checks, {"date": "today", "cpu_model": "cpu", "wall_s": 1.0, "notes": [],
+                                                "translated": translated})
+    assert "## Responses passthrough streams (100 concurrent streams)" in text
+    assert "| relay | responses | 200 | 200 | 0 | 28 |" in text
+    assert "| 2.150 | 1.05 / 1.10 |" in text  # pooled CPU s / 1k streams, then each round's ratio
+    assert "| responses | anthropic | translated | 500 | 500 | 16 | 0.1200 |" in text
+    assert "- PASS: relay CPU per Responses passthrough stream (POST /v1/responses, openai channel)" in text
