@@ -5,8 +5,9 @@ work on them as on every route):
 
 * ``POST responses``: validates like OpenAI and answers a ``response`` object. Output: a
   ``function_call`` for the first function tool (or the one ``tool_choice`` names) when tools are
-  offered and the input does not end with a ``function_call_output``; else a ``message`` with the
-  demo sentence in ``FakeOptions.chunks`` pieces (JSON for ``text.format`` json_schema/json_object).
+  offered, unless the input ends with a ``function_call_output`` and ``tool_choice`` is the
+  model's (absent or "auto"); else a ``message`` with the demo sentence in ``FakeOptions.chunks``
+  pieces (JSON for ``text.format`` json_schema/json_object).
   ``reasoning`` puts a reasoning item first (``chunks`` reasoning tokens; a summary when
   ``reasoning.summary`` is set; ``encrypted_content`` when ``include`` asks for it).
   ``max_output_tokens`` (>= 16, as OpenAI requires) below the pieces -> ``incomplete``. Usage counts

@@ -158,10 +158,13 @@ def _item_text(item: dict[str, Any]) -> str | None:
 
 
 def pick_tool(body: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The function tool to call, unless the input ends with a tool's result and the choice is
+    the model's (then it answers with text, so an agent loop ends, as chat's fake does)."""
     tools: list[dict[str, Any]] = [t for t in body.get("tools") or ()
                                    if t.get("type") == "function"]
     choice = body.get("tool_choice")
-    if not tools or choice == "none" or (items and items[-1]["type"] == "function_call_output"):
+    answered = bool(items) and items[-1]["type"] == "function_call_output"
+    if not tools or choice == "none" or (answered and choice in (None, "auto")):
         return None
     if isinstance(choice, dict) and choice.get("type") == "function":
         return next((t for t in tools if t.get("name") == choice.get("name")), tools[0])

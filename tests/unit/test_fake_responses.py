@@ -111,6 +111,10 @@ async def test_tool_call_then_tool_output_gives_a_message(a):
          "arguments": call.arguments},
         {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}])
     assert follow.output[0].type == "message" and follow.output_text == SENTENCE
+    forced = await a.responses.create(model="demo", tools=TOOLS, tool_choice="required",
+                                      input=[{"type": "function_call_output",
+                                              "call_id": call.call_id, "output": "sunny"}])
+    assert forced.output[0].type == "function_call"
     none = await a.responses.create(model="demo", input=QUESTION, tools=TOOLS,
                                     tool_choice="none")
     assert none.output_text == SENTENCE
