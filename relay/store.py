@@ -62,9 +62,11 @@ class Store:
 
     async def open(self) -> None:
         self._db = await aiosqlite.connect(self.path)
+        # the busy timeout first: switching a new file to WAL takes a lock that other processes opening
+        # it at the same moment must wait for, not fail on
+        await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
 
     async def _migrate(self) -> None:
