@@ -65,9 +65,9 @@ FULL = {
     "round_warmup": 2,  # unrecorded requests per connection at the start of each round
     # --workers 1 and 2, a relay started afresh per run: 2 x 3 runs of about 10 s
     "wk_requests": 6_000,
-    "wk_rate": 600,  # below one core's saturation here (see ns_rate): a saturated process batches more
+    "wk_rate": 1_000,
     "wk_concurrency": 50,
-    "wk_rounds": 5,
+    "wk_rounds": 3,
 }
 QUICK = {
     **FULL,
