@@ -7,7 +7,6 @@ under its own key prefix and deletes only that prefix afterwards.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,22 +20,15 @@ import redis
 from relay.config import ConfigError
 from relay.limits import Limits
 from relay.limits_redis import RedisLimiter
+from tests import redisdb
 
-REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = redisdb.REDIS_URL
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def sync_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as e:
-        client.close()
-        reason = f"no Redis reachable at {REDIS_URL} (set RELAY_TEST_REDIS_URL): {e}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    client = redisdb.redis_client()
     yield client
     client.close()
 
