@@ -6,9 +6,12 @@ Neither rescans what it has already seen; each keeps only the unfinished tail.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["DONE", "EventSplitter", "SSEEvent", "SSEParser", "encode_event", "iter_events"]
+__all__ = [
+    "DONE", "EventSplitter", "SSEEvent", "SSEParser", "encode_event", "has_done", "has_event", "iter_events",
+]
 
 DONE = b"[DONE]"
 # 1 MiB: one event larger than this is not a stream we can relay (and would be an unbounded buffer).
@@ -20,10 +23,22 @@ class EventTooLarge(ValueError):
 
 
 def _last_boundary(buf: bytes) -> int:
-    """Offset just past the last blank line in buf (0 if none)."""
-    lf = buf.rfind(b"\n\n")
-    crlf = buf.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+    """Offset just past the last blank line in buf (0 if none).
+
+    A line ends at CRLF, LF or CR (WHATWG), so a blank line is two line ends in a row: every such pair
+    contains LF LF, LF CR or CR CR (CRLF CRLF holds LF CR), and ends there or one LF later. Streams
+    without CR (nearly all) take one search.
+    """
+    if b"\r" not in buf:
+        lf = buf.rfind(b"\n\n")
+        return lf + 2 if lf >= 0 else 0
+    end = max(buf.rfind(b"\n\n"), buf.rfind(b"\n\r"), buf.rfind(b"\r\r"))
+    if end < 0:
+        return 0
+    end += 2
+    if buf[end - 1 : end] == b"\r" and buf[end : end + 1] == b"\n":
+        end += 1  # the second line end was a CRLF
+    return end
 
 
 class EventSplitter:
@@ -57,10 +72,29 @@ class EventSplitter:
 
 
 def iter_events(block: bytes) -> list[bytes]:
-    """Split a run of whole events into events (each without its terminating blank line)."""
+    """Split a run of whole events into events (each without its terminating blank line); line ends
+    come out as LF whatever the upstream used."""
     if b"\r" in block:
-        block = block.replace(b"\r\n", b"\n")
-    return [e for e in block.split(b"\n\n") if e]
+        block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    # A block may start with the LF of a CRLF whose CR ended the previous block.
+    return [e.lstrip(b"\n") for e in block.split(b"\n\n") if e.strip(b"\n")]
+
+
+# A `data: [DONE]` line (the OpenAI stream's own end), not the text "[DONE]" inside a chunk: JSON strings
+# hold no raw line end, so a line that is only this cannot come from content.
+_DONE_LINE = re.compile(rb"(?:^|[\r\n])data:[ ]?\[DONE\][ \t]*(?:\r\n|\r|\n|$)")
+
+
+def has_done(block: bytes) -> bool:
+    """`block` (whole events) holds the `data: [DONE]` event."""
+    return DONE in block and _DONE_LINE.search(block) is not None
+
+
+def has_event(block: bytes, name: bytes) -> bool:
+    """`block` (whole events) holds an event whose `event:` line names `name` (e.g. message_stop)."""
+    if name not in block:
+        return False
+    return re.search(rb"(?:^|[\r\n])event:[ ]?" + re.escape(name) + rb"[ \t]*(?:\r\n|\r|\n|$)", block) is not None
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import orjson
 
 from ..errors import UpstreamFailure
-from ..sse import EventSplitter, iter_events
+from ..sse import EventSplitter, has_event, iter_events
 from ..tokens import CompletionCounter
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
 from .anthropic import API_VERSION, from_anthropic_usage
@@ -62,7 +62,7 @@ class AnthropicPassthrough:
         self._delivered.hold(block)
         if b'"usage"' in block:
             self._take_usage(block)
-        if b"message_stop" in block:
+        if has_event(block, b"message_stop"):
             self.done = True
         return block
 

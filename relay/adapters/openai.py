@@ -15,7 +15,7 @@ import orjson
 
 from ..endpoints import ENDPOINTS
 from ..errors import UpstreamFailure
-from ..sse import EventSplitter, iter_events
+from ..sse import EventSplitter, has_done, iter_events
 from ..tokens import CompletionCounter
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
 from .base import DeliveredText, StreamHandler, classify_status, encode_form, extract_usage_object
@@ -88,7 +88,7 @@ class OpenAIPassthrough:
         self._delivered.hold(block)
         if b'"usage"' in block and _has_usage_object(block):
             block = self._take_usage(block)
-        if b"[DONE]" in block:
+        if has_done(block):
             self.done = True
         return block
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.sse import EventSplitter, EventTooLarge, SSEEvent, SSEParser, iter_events
+from relay.sse import EventSplitter, EventTooLarge, SSEEvent, SSEParser, has_done, has_event, iter_events
 
 STREAM = (
     b'data: {"a":1}\n\n'
@@ -87,3 +87,51 @@ def test_splitter_refuses_an_unbounded_event() -> None:
 
 def test_iter_events() -> None:
     assert iter_events(b"data: a\r\n\r\ndata: b\n\n") == [b"data: a", b"data: b"]
+
+
+# The same events with each kind of line end: LF, CRLF, CR alone, and a mix (a blank line is any two).
+EVENTS = [b"data: {\"n\":%d}" % i for i in range(4)]
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+@pytest.mark.parametrize("cut", range(1, 40))
+def test_splitter_cuts_whole_events_for_every_line_end(eol: bytes, cut: int) -> None:
+    stream = b"".join(e + eol + eol for e in EVENTS)
+    s = EventSplitter()
+    out = [s.feed(stream[:cut]), s.feed(stream[cut:])]
+    assert b"".join(out) + s.flush() == stream
+    whole = b"".join(out)
+    assert whole == stream  # the last event ends on its blank line: nothing is held at the end
+    assert iter_events(out[0]) + iter_events(out[1]) == EVENTS
+
+
+def test_splitter_forwards_a_cr_only_event_at_once() -> None:
+    s = EventSplitter()
+    assert s.feed(b"data: a\r\r") == b"data: a\r\r"
+    assert s.feed(b"data: b\r") == b""
+    assert s.feed(b"\rdata: c") == b"data: b\r\r"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b"data: a\n\r\n", b"data: a\r\n\r", b"data: a\r\r\n", b"data: a\r\n\n"],
+    ids=["lf-crlf", "crlf-cr", "cr-crlf", "crlf-lf"],
+)
+def test_splitter_mixed_line_ends_make_a_blank_line(block: bytes) -> None:
+    assert EventSplitter().feed(block) == block
+
+
+def test_has_done_only_for_the_done_event() -> None:
+    text = b'data: {"choices":[{"delta":{"content":"say data: [DONE] now"}}]}\n\n'
+    assert not has_done(text)
+    assert not has_done(b'data: {"choices":[{"delta":{"content":"\\ndata: [DONE]\\n"}}]}\n\n')
+    assert has_done(text + b"data: [DONE]\n\n")
+    assert has_done(b"data:[DONE]\r\n\r\n")
+    assert has_done(b"data: [DONE]\r\r")
+
+
+def test_has_event_only_for_the_event_line() -> None:
+    text = b'event: content_block_delta\ndata: {"delta":{"type":"text_delta","text":"event: message_stop"}}\n\n'
+    assert not has_event(text, b"message_stop")
+    assert has_event(text + b'event: message_stop\ndata: {"type":"message_stop"}\n\n', b"message_stop")
+    assert has_event(b'event: message_stop\r\ndata: {"type":"message_stop"}\r\n\r\n', b"message_stop")
