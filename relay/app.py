@@ -23,6 +23,7 @@ from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
 from .bindings_redis import RedisBindings
+from .client_addr import ClientAddress
 from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
 from .health import Outage
@@ -92,7 +93,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)
 
     app = web.Application(
-        middlewares=[_errors_middleware()], client_max_size=cfg.server.max_body_bytes,
+        middlewares=[_errors_middleware(ClientAddress(cfg.server.trusted_proxies))], client_max_size=cfg.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
@@ -174,7 +175,7 @@ def _share(cfg: Config, router: Router) -> tuple[RedisState, SharedBudgets] | No
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _errors_middleware() -> Middleware:
+def _errors_middleware(client: ClientAddress) -> Middleware:
     # Request ids: a random prefix per process and a counter, so ids are unique across workers and
     # restarts and grow in order (cheap to index, no system call per request).
     prefix = "req_" + os.urandom(6).hex()
@@ -182,6 +183,10 @@ def _errors_middleware() -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if client:  # behind a trusted reverse proxy: the address it forwards for
+            addr = client.of(request.remote, request.headers)
+            if addr is not None and addr != request.remote:
+                request = request.clone(remote=addr)
         request[web_api.REQUEST_ID] = f"{prefix}{next(counter):012x}"
         if request.method == "OPTIONS":  # CORS preflight: answered here, for every path, without a key
             return await _preflight(request)
@@ -191,9 +196,13 @@ def _errors_middleware() -> Middleware:
             return render_error(e, request.get(web_api.DIALECT, "openai"))
         except web.HTTPNotFound:
             return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))
-        except web.HTTPMethodNotAllowed:
+        except web.HTTPMethodNotAllowed as e:
+            allowed = ", ".join(sorted(e.allowed_methods))
             return error_response(
-                InvalidRequest(f"{request.method} is not allowed on {request.path}.", status=405, code="method_not_allowed")
+                InvalidRequest(
+                    f"{request.method} is not allowed on {request.path}.", status=405, code="method_not_allowed",
+                    headers={"Allow": allowed},
+                )
             )
         except (web.HTTPException, asyncio.CancelledError):
             raise
@@ -367,7 +376,16 @@ def _import_uvloop() -> None:
         pass
 
 
+# Libraries whose debug output carries SQL (key hashes in it) or raw protocol detail: at WARNING whatever
+# log_level says.
+_QUIET_LOGGERS = ("aiosqlite", "asyncpg", "aiohttp.access", "aiohttp.internal", "aiohttp.client", "redis")
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

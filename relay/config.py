@@ -7,6 +7,7 @@ the YAML path of the field at fault (`channels[1].base_url: ...`) so the CLI can
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -46,6 +47,9 @@ class ServerConfig:
     read_timeout: float = 30.0  # a client must send its headers and body within this
     shutdown_grace: float = 30.0  # in-flight requests get this long to finish on SIGTERM
     cors_origins: tuple[str, ...] = ("*",)
+    # Reverse proxies (CIDRs) whose X-Forwarded-For / X-Real-IP are believed; from any other address they
+    # are ignored, so a client cannot choose the address ip_allow and the logs see.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         read_timeout=server.get_float("read_timeout", ServerConfig().read_timeout),
         shutdown_grace=server.get_float("shutdown_grace", ServerConfig().shutdown_grace, lo=0),
         cors_origins=tuple(server.get_str_list("cors_origins", ["*"])),
+        trusted_proxies=_cidrs(server, "trusted_proxies"),
     )
     server.allow(*ServerConfig.__slots__)  # type: ignore[attr-defined]
     t = root.child("timeouts")
@@ -325,6 +330,16 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
             )
         )
     return tuple(out), tuple(skipped)
+
+
+def _cidrs(node: Node, key: str) -> tuple[str, ...]:
+    out = []
+    for i, text in enumerate(node.get_str_list(key, [])):
+        try:
+            out.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{node.path}.{key}[{i}]: not an IP address or CIDR block: {text!r}") from None
+    return tuple(out)
 
 
 def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:
