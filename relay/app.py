@@ -28,6 +28,7 @@ from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
+from .http_server import RelayRunner
 from .ledger import Ledger
 from .metrics import Metrics
 from .limits import LocalLimiter
@@ -266,7 +267,7 @@ async def start(
     # handler_cancellation: a client that goes away cancels its handler, which closes the upstream at once
     # keepalive_timeout also runs from the moment a connection opens: a client that has not sent a whole
     # request (headers included) by then is disconnected, so slow senders cannot hold connections.
-    runner = web.AppRunner(
+    runner = RelayRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0,
         keepalive_timeout=cfg.server.read_timeout,
     )
