@@ -25,7 +25,7 @@ from .bindings import ResponseBindings
 from .bindings_redis import RedisBindings
 from .client_addr import ClientAddress
 from .config import Config, ConfigError
-from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
+from .errors import InvalidRequest, NotFound, RelayError, Unauthorized, error_response, render_error
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
 from .http_server import RelayRunner
@@ -34,6 +34,7 @@ from .metrics import Metrics
 from .limits import LocalLimiter
 from .limits_redis import RedisLimiter
 from .proxy import RATE_LIMIT_HEADERS, Proxy
+from .quiet_log import QuietLog
 from .router import Router
 from .storage import Storage, make_store
 from .upstream import Upstream
@@ -94,7 +95,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)
 
     app = web.Application(
-        middlewares=[_errors_middleware(ClientAddress(cfg.server.trusted_proxies))], client_max_size=cfg.server.max_body_bytes,
+        middlewares=[_errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics)], client_max_size=cfg.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
@@ -176,11 +177,22 @@ def _share(cfg: Config, router: Router) -> tuple[RedisState, SharedBudgets] | No
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _errors_middleware(client: ClientAddress) -> Middleware:
+# Reasons an auth failure is counted under (a bounded label set: anything else is "other").
+_AUTH_REASONS = frozenset({"missing_api_key", "invalid_api_key", "key_revoked", "key_expired", "ip_not_allowed"})
+
+
+def _errors_middleware(client: ClientAddress, metrics: Metrics) -> Middleware:
     # Request ids: a random prefix per process and a counter, so ids are unique across workers and
     # restarts and grow in order (cheap to index, no system call per request).
     prefix = "req_" + os.urandom(6).hex()
     counter = itertools.count()
+    auth_log = QuietLog(logging.getLogger("relay.auth"), 10.0)
+
+    def auth_failed(request: web.Request, e: RelayError) -> None:
+        admin = request.path.startswith("/admin")
+        reason = "admin" if admin else (e.code if e.code in _AUTH_REASONS else "other")
+        metrics.auth_failure(reason)
+        auth_log.warning("refused %s %s from %s: %s", request.method, request.path[:100], request.remote, reason)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -194,6 +206,8 @@ def _errors_middleware(client: ClientAddress) -> Middleware:
         try:
             return await handler(request)
         except RelayError as e:
+            if isinstance(e, Unauthorized) or e.code == "ip_not_allowed":
+                auth_failed(request, e)
             return render_error(e, request.get(web_api.DIALECT, "openai"))
         except web.HTTPNotFound:
             return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))

@@ -2,56 +2,35 @@
 
 aiohttp answers those with a plain-text page and logs each one at ERROR with its traceback, whose
 exception text quotes the offending request bytes (an Authorization header, a prompt). Here they get
-OpenAI's error JSON and at most one log line per `_LOG_EVERY` seconds, naming the error's class and the
+OpenAI's error JSON and at most one log line every 10 seconds, naming the error's class and the
 client address only: an unauthenticated client sending garbage cannot fill the log, nor put its bytes in it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .errors import InvalidRequest, RelayError, error_response
+from .quiet_log import QuietLog
 
 __all__ = ["RelayRunner"]
 
 log = logging.getLogger("relay.http")
 
-_LOG_EVERY = 10.0  # seconds between two lines about malformed requests
 
-
-class _Quiet:
-    """One line per interval, saying how many were left out since the last one."""
-
-    __slots__ = ("_next", "_skipped")
-
-    def __init__(self) -> None:
-        self._next = 0.0
-        self._skipped = 0
-
-    def note(self, status: int, exc: BaseException | None, remote: str | None) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._skipped += 1
-            return
-        more = f" ({self._skipped} more since the last report)" if self._skipped else ""
-        self._next, self._skipped = now + _LOG_EVERY, 0
-        log.warning("answered %d to a malformed request from %s (%s)%s", status, remote or "?",
-                    type(exc).__name__ if exc is not None else "no detail", more)
-
-
-_QUIET = _Quiet()
+_QUIET = QuietLog(log, 10.0)
 
 
 class _Handler(RequestHandler):
     def handle_error(
         self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None,
     ) -> web.StreamResponse:
-        _QUIET.note(status, exc, request.remote)
+        _QUIET.warning("answered %d to a malformed request from %s (%s)", status, request.remote or "?",
+                       type(exc).__name__ if exc is not None else "no detail")
         if request.writer.output_size > 0:  # a response was under way: nothing more can be said on it
             raise ConnectionError("response already started; cannot send the error")
         err: RelayError

@@ -117,6 +117,10 @@ class Metrics:
         self._store_errors = Counter(
             "relay_store_errors", "Failed store calls by the ledger and the balance keeper", ["caller"], registry=r,
         )
+        self._auth_failures = Counter(
+            "relay_auth_failures", "Requests refused for their credential, by reason (missing_api_key, "
+            "invalid_api_key, key_revoked, key_expired, ip_not_allowed, admin)", ["reason"], registry=r,
+        )
         r.register(_RotationCollector(out_of_rotation))
         if shared_state is not None:  # limits.backend: redis
             r.register(_SharedStateCollector(shared_state))
@@ -154,6 +158,9 @@ class Metrics:
 
     def sticky_routing(self, source: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_StickyCollector(source))
+
+    def auth_failure(self, reason: str) -> None:
+        self._auth_failures.labels(reason).inc()
 
     def store_error(self, caller: str) -> None:
         self._store_errors.labels(caller).inc()
