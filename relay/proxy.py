@@ -28,6 +28,7 @@ from .errors import InvalidRequest, RateLimited, RelayError, UpstreamFailure, Up
 from .ledger import Ledger
 from .limits import Limiter, Limits
 from .metrics import Metrics
+from .redact import redact
 from .router import Account, Router
 from .sse import EventTooLarge
 from .types import KeyRecord, RelayRequest, Usage, UsageRecord
@@ -208,7 +209,8 @@ class Proxy:
                 if not f.retryable:
                     # the request itself is at fault: the client gets the upstream's answer as it is
                     trace.status, trace.end_reason = f.status, "upstream_rejected"
-                    return web.Response(status=f.status, body=f.body, headers={"Content-Type": f.content_type})
+                    body = redact(f.body, self._router.keys(), account.key)  # it may quote a key
+                    return web.Response(status=f.status, body=body, headers={"Content-Type": f.content_type})
                 log.info("attempt %d on %s failed: %s", attempt + 1, account.label, f.reason)
                 last = f
         raise self._exhausted(req, last)

@@ -121,6 +121,10 @@ class Router:
     def models(self) -> list[str]:
         return sorted(self._tiers)
 
+    def keys(self) -> list[str]:
+        """Every upstream key in rotation (for masking them out of what clients see)."""
+        return [a.key for a in self.accounts]
+
     def serves(self, model: str, endpoint: Endpoint | None = None) -> bool:
         """Some channel serves `model` (at `endpoint`, when given)."""
         tiers = self._tiers.get(model)
