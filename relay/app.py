@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import tokens, web_admin, web_api, web_ops
+from . import config_check, tokens, web_admin, web_api, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .balances import Balances
@@ -334,6 +334,8 @@ def run(cfg: Config, host: str | None = None, port: int | None = None, workers: 
     port = cfg.server.port if port is None else port
     for name in cfg.skipped_channels:
         log.info("channel %s has no keys set: skipped", name)
+    for line in config_check.warnings(cfg, host):
+        log.warning("%s", line)
     _check_port(host, port, reuse_port=workers > 1)
     if workers <= 1:
         _run_loop(_serve(cfg, host, port, 1))

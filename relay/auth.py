@@ -43,7 +43,9 @@ def new_secret() -> str:
 
 
 def config_key_record(k: ClientKeyConfig) -> KeyRecord:
-    return KeyRecord(id=f"cfg-{k.name}", name=k.name, key_hash=k.key_hash, prefix=k.prefix, models=k.models)
+    return KeyRecord(
+        id=f"cfg-{k.name}", name=k.name, key_hash=k.key_hash, prefix=k.prefix, models=k.models, granted_usd=k.quota_usd,
+    )
 
 
 class ConfigKeys:

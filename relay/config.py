@@ -143,6 +143,7 @@ class ClientKeyConfig:
     key_hash: str  # sha256 hex of the key
     prefix: str
     models: tuple[str, ...] = ()
+    quota_usd: float | None = None  # the balance it starts with (None: unlimited); top-ups are the store's
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +347,7 @@ def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:
     out = []
     for k in node.items():
         k.mapping()
-        k.allow("name", "key", "sha256", "models")
+        k.allow("name", "key", "sha256", "models", "quota_usd")
         key = k.get_str("key", "")
         digest = k.get_str("sha256", "").lower()
         if key:
@@ -362,6 +363,7 @@ def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:
             ClientKeyConfig(
                 name=k.get_str("name", prefix), key_hash=digest, prefix=prefix,
                 models=tuple(k.get_str_list("models", [])),
+                quota_usd=k.get_opt_float("quota_usd"),
             )
         )
     return tuple(out)

@@ -160,6 +160,11 @@ class Node:
         v = self._number(key, int, None, 1, None)
         return None if v is None else int(v)
 
+    def get_opt_float(self, key: str, lo: float = 0.0) -> float | None:
+        """A number, or None when the key is absent or empty."""
+        v = self._number(key, float, None, lo, None)
+        return None if v is None else float(v)
+
     def get_float(self, key: str, default: float, lo: float | None = 0.001, hi: float | None = None) -> float:
         return float(self._number(key, float, default, lo, hi))
 

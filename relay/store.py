@@ -305,15 +305,16 @@ class Store:
         return got
 
     async def sync_config_key(self, record: KeyRecord) -> None:
-        """Keys listed in config.yaml: inserted once, their hash, name and models kept in step."""
+        """Keys listed in config.yaml: inserted once (with their starting balance), their hash, name and
+        models kept in step. The balance is not: top-ups made since would be undone at each start."""
         await self.db.execute(
-            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,'active',NULL,NULL,0,NULL,NULL,NULL,NULL,NULL,"
+            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,'active',NULL,?,0,NULL,NULL,NULL,NULL,NULL,"
             f"'[]','default',?,{_NEXT_REV}) ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, "
             "name = excluded.name, prefix = excluded.prefix, models = excluded.models, status = 'active', "
             "rev = excluded.rev WHERE keys.key_hash != excluded.key_hash OR keys.models != excluded.models "
             "OR keys.status != 'active'",
             (record.id, record.name, record.key_hash, record.prefix, column_value("models", record.models)[1],
-             time.time()),
+             record.granted_usd, time.time()),
         )
         await self.db.commit()
 

@@ -271,15 +271,16 @@ class PgStore:
         return got
 
     async def sync_config_key(self, record: KeyRecord) -> None:
-        """Keys listed in config.yaml: inserted once, their hash, name and models kept in step."""
+        """Keys listed in config.yaml: inserted once (with their starting balance), their hash, name and
+        models kept in step (not the balance: see the SQLite store)."""
         await self._bump(
-            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,'active',NULL,NULL,0,NULL,NULL,NULL,NULL,NULL,"
+            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,'active',NULL,$7,0,NULL,NULL,NULL,NULL,NULL,"
             f"'[]','default',$6,{_NEXT_REV}) ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, "
             "name = excluded.name, prefix = excluded.prefix, models = excluded.models, status = 'active', "
             "rev = excluded.rev WHERE keys.key_hash <> excluded.key_hash OR keys.models <> excluded.models "
             "OR keys.status <> 'active'",
             record.id, record.name, record.key_hash, record.prefix, column_value("models", record.models)[1],
-            time.time(),
+            time.time(), record.granted_usd,
         )
 
     async def retire_config_keys(self, keep: Iterable[str]) -> None:
