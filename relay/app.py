@@ -334,9 +334,9 @@ def run(cfg: Config, host: str | None = None, port: int | None = None, workers: 
     port = cfg.server.port if port is None else port
     for name in cfg.skipped_channels:
         log.info("channel %s has no keys set: skipped", name)
-    for line in config_check.warnings(cfg, host):
-        log.warning("%s", line)
     _check_port(host, port, reuse_port=workers > 1)
+    for line in config_check.warnings(cfg, host):  # after the checks that stop the start: one line then
+        log.warning("%s", line)
     if workers <= 1:
         _run_loop(_serve(cfg, host, port, 1))
         return 0

@@ -28,7 +28,7 @@ def warnings(cfg: Config, host: str | None = None) -> list[str]:
     unpriced = [m for m in served if m not in cfg.prices]
     if unpriced:
         what = "refused (403 model_not_priced)" if cfg.billing.require_prices else "served free"
-        out.append(f"models without a price in prices: are {what}: {', '.join(unpriced)}")
+        out.append(f"models without a price (prices:) are {what}: {', '.join(unpriced)}")
     listen = host or cfg.server.host
     demo = hash_key(DEMO_KEY)
     if not _loopback(listen) and any(k.key_hash == demo for k in cfg.client_keys):
