@@ -44,6 +44,9 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 16 * 1024 * 1024  # JSON bodies: room for several base64 images
     max_upload_bytes: int = 26 * 1024 * 1024  # multipart audio uploads (OpenAI allows 25 MB files)
+    # JSON request bodies held by requests in flight, together (past it: 503 with Retry-After). A body
+    # costs about 2.5 times its size while in flight (its bytes, its parsed JSON, a rewritten copy).
+    max_inflight_body_bytes: int = 512 * 1024 * 1024
     read_timeout: float = 30.0  # a client must send its headers and body within this
     shutdown_grace: float = 30.0  # in-flight requests get this long to finish on SIGTERM
     cors_origins: tuple[str, ...] = ("*",)
@@ -191,6 +194,9 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         port=server.get_int("port", 8080, lo=0, hi=65535),
         max_body_bytes=server.get_int("max_body_bytes", ServerConfig().max_body_bytes, lo=1024),
         max_upload_bytes=server.get_int("max_upload_bytes", ServerConfig().max_upload_bytes, lo=1024),
+        max_inflight_body_bytes=server.get_int(
+            "max_inflight_body_bytes", _default_inflight_bytes(), lo=1024 * 1024,
+        ),
         read_timeout=server.get_float("read_timeout", ServerConfig().read_timeout),
         shutdown_grace=server.get_float("shutdown_grace", ServerConfig().shutdown_grace, lo=0),
         cors_origins=tuple(server.get_str_list("cors_origins", ["*"])),
@@ -331,6 +337,16 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
             )
         )
     return tuple(out), tuple(skipped)
+
+
+def _default_inflight_bytes() -> int:
+    """512 MiB, or a sixteenth of the machine's memory where that is less: at the ~2.5x a body costs in
+    flight, a burst of large bodies then takes at most about a sixth of the machine."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return ServerConfig().max_inflight_body_bytes
+    return int(min(ServerConfig().max_inflight_body_bytes, max(64 * 1024 * 1024, memory // 16)))
 
 
 def _cidrs(node: Node, key: str) -> tuple[str, ...]:

@@ -25,6 +25,17 @@ READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 # 64 KiB: enough for any provider's error document; more is not worth holding.
 MAX_ERROR_BODY = 64 * 1024
+# A request body larger than this goes out in pieces of _PIECE, each once the socket took the last: written
+# whole, the part the kernel does not take at once would be copied into the transport's buffer (a second
+# copy of a 10 MB body per request in flight).
+_PACED_BODY = 1024 * 1024
+_PIECE = 256 * 1024
+
+
+async def _pieces(body: bytes) -> AsyncIterator[bytes]:
+    with memoryview(body) as view:
+        for i in range(0, len(view), _PIECE):
+            yield view[i : i + _PIECE]  # type: ignore[misc]  # a view, not a copy: aiohttp writes either
 
 
 class Upstream:
@@ -57,16 +68,20 @@ class Upstream:
         """Send the request and wait for the response headers."""
         assert self._session is not None, "Upstream.start() was not awaited"
         body = ureq.body() if callable(ureq.body) else ureq.body
+        headers = ureq.headers
+        if isinstance(body, (bytes, bytearray)) and len(body) > _PACED_BODY:
+            headers = {**headers, "Content-Length": str(len(body))}  # sent as it is, not chunked
+            body = _pieces(body)
         try:
             if stream:
                 async with asyncio.timeout(self._t.first_byte):
                     resp = await self._session.request(
-                        ureq.method, ureq.url, headers=ureq.headers, data=body,
+                        ureq.method, ureq.url, headers=headers, data=body,
                         timeout=self._stream, allow_redirects=False,
                     )
                 return resp
             return await self._session.request(
-                ureq.method, ureq.url, headers=ureq.headers, data=body,
+                ureq.method, ureq.url, headers=headers, data=body,
                 timeout=self._unary, allow_redirects=False,
             )
         except asyncio.TimeoutError:

@@ -24,7 +24,9 @@ from .ledger import Ledger
 from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
-from .web_input import close_form, parse_json, read_body, read_form, validate, validate_messages
+from .web_input import (
+    MAX_MODEL_CHARS, check_model_name, close_form, parse_json, read_body, read_form, validate, validate_messages,
+)
 from .web_models import add_model_routes
 
 __all__ = ["DIALECT", "REQUEST_ID", "ApiDeps", "add_routes"]
@@ -95,7 +97,8 @@ def _relay_handler(deps: ApiDeps, ep: Endpoint) -> Handler:
             if is_form and request.content_type == "multipart/form-data":
                 form = await read_form(request, deps.cfg.server.max_upload_bytes, deps.cfg.server.read_timeout)
                 fields = {f.name: f.value for f in form if f.spool is None}
-                model = fields.get("model", b"").decode("utf-8", "replace")
+                model = fields.get("model", b"").decode("utf-8", "replace")[: MAX_MODEL_CHARS + 1]
+                check_model_name(model)
                 stream = fields.get("stream", b"").lower() == b"true"
                 body, data, wants_usage = b"", None, False
             elif is_form:

@@ -18,10 +18,53 @@ from aiohttp import BodyPartReader, web
 from .errors import InvalidRequest, PayloadTooLarge, RelayError
 from .types import FormField
 
-__all__ = ["close_form", "parse_json", "read_body", "read_form", "validate", "validate_messages"]
+__all__ = [
+    "BODY_BUDGET", "MAX_MODEL_CHARS", "BodyBudget", "check_model_name", "close_form", "parse_json", "read_body",
+    "read_form", "validate", "validate_messages",
+]
 
 _MAX_FORM_FIELD = 64 * 1024  # a non-file multipart field (model, prompt, language...)
 _SPOOL_IN_MEMORY = 1024 * 1024  # an upload is kept in memory up to this, then on disk
+# A model name is stored (ledger) and echoed (errors): the longest real ones are under 100 characters.
+MAX_MODEL_CHARS = 256
+
+
+class BodyBudget:
+    """Request body bytes held in memory by requests in flight, against a cap (server.max_inflight_body_bytes).
+
+    Each body is held until its request ends (it is what goes upstream). Past the cap a new body is refused
+    with 503 and Retry-After rather than queued: the memory a burst of large bodies can take is bounded.
+    """
+
+    __slots__ = ("cap", "held")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.held = 0
+
+    def take(self, request: web.Request, n: int) -> None:
+        if self.held + n > self.cap and self.held:  # one body alone always fits: max_body_bytes bounds it
+            raise RelayError(
+                "The relay is holding as many request bodies as its memory allows; retry shortly.",
+                status=503, code="relay_overloaded", headers={"Retry-After": "1"},
+            )
+        self.held += n
+        request.task.add_done_callback(lambda _: self._give(n))  # when the request's handler ends
+
+    def _give(self, n: int) -> None:
+        self.held -= n
+
+
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+
+
+def check_model_name(model: str) -> str:
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"'model' is {len(model)} characters long; the limit is {MAX_MODEL_CHARS}.", param="model",
+            code="invalid_value",
+        )
+    return model
 
 
 def validate_messages(data: dict[str, Any]) -> str:
@@ -29,6 +72,8 @@ def validate_messages(data: dict[str, Any]) -> str:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model: Field required (a non-empty string).", param="model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(f"model: String should have at most {MAX_MODEL_CHARS} characters.", param="model")
     max_tokens = data.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise InvalidRequest("max_tokens: Field required (an integer of at least 1).", param="max_tokens")
@@ -46,12 +91,17 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {limit} bytes.")
+    budget = request.app.get(BODY_BUDGET)
+    if budget is not None:
+        budget.take(request, limit if length is None else length)  # chunked: its size is known only at the end
     if length is not None and request.content.is_eof():
         return await request.read()  # already all here (the usual small request): no deadline to arm
-    parts: list[bytes] = []
-    size = 0
     try:
         async with asyncio.timeout(timeout):
+            if length is not None:
+                return await _read_into(request, length)
+            parts: list[bytes] = []
+            size = 0
             async for piece in request.content.iter_any():
                 size += len(piece)
                 if size > limit:
@@ -60,6 +110,23 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     except TimeoutError:
         raise RelayError("The request body was not received in time.", status=408, code="request_timeout") from None
     return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+async def _read_into(request: web.Request, length: int) -> bytes:
+    """A body of known length, each piece copied once into its place: a large body is held once, not as
+    pieces plus their join (a bytearray: everything downstream reads it as bytes)."""
+    buf = bytearray(length)
+    with memoryview(buf) as view:
+        pos = 0
+        async for piece in request.content.iter_any():
+            end = pos + len(piece)
+            if end > length:  # aiohttp stops at Content-Length; this only guards the slice
+                raise InvalidRequest("The request body is longer than its Content-Length.")
+            view[pos:end] = piece
+            pos = end
+    if pos != length:
+        raise InvalidRequest("The request body ended before its Content-Length.")
+    return buf  # type: ignore[return-value]
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -88,6 +155,7 @@ def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool, bool]:
         raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
     if not isinstance(model, str):
         raise InvalidRequest("'model' must be a string.", param="model", code="invalid_type")
+    check_model_name(model)
     stream = data.get("stream")
     if stream is None:
         stream = False
