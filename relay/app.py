@@ -84,6 +84,9 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written)
     keys = KeyCache(store)
     limiter = _limiter(cfg, workers)
+    if isinstance(limiter, RedisLimiter):
+        redis_limiter = limiter
+        metrics.rate_limiter(lambda: (redis_limiter.up, redis_limiter.errors))
     redis_bindings = (
         RedisBindings(cfg.limits.redis_url, cfg.limits.prefix + "resp:") if cfg.limits.backend == "redis" else None
     )

@@ -17,6 +17,7 @@ leaves Redis alone for `retry_interval` seconds, so an outage costs each request
 
 from __future__ import annotations
 
+import logging
 import time
 from urllib.parse import urlsplit
 
@@ -80,6 +81,9 @@ return out
 """
 
 
+log = logging.getLogger("relay.limits")
+
+
 class RedisLimiter:
     """Same interface as relay.limits.LocalLimiter; `start()` before use, `close()` at shutdown.
 
@@ -104,6 +108,8 @@ class RedisLimiter:
         self.time_scale = time_scale
         self.errors = 0  # requests decided without Redis: it failed, timed out, or is being left alone
         self.last_error = ""
+        self.up = True  # False from the first failed call until one succeeds again (logged once each way)
+        self._down_since = 0.0
         self._pending: dict[str, int] = {}  # key id -> token correction not yet sent
         self._down_until = 0.0
         # 0 retries: a limiter that retries turns a 50 ms timeout into seconds on the request path.
@@ -146,8 +152,19 @@ class RedisLimiter:
             self._down_until = 0.0
         d = await self.ask(key_id, limits, tokens, images)
         if d is None:
-            self._down_until = time.monotonic() + self.retry_interval
+            now = time.monotonic()
+            self._down_until = now + self.retry_interval
+            if self.up:
+                self.up, self._down_since = False, now
+                log.warning(
+                    "rate limits: Redis at %s failed (%s); %s requests of keys with limits until it answers, "
+                    "retrying every %.0fs", self._where(), self.last_error,
+                    "admitting" if self.fail_open else "refusing", self.retry_interval,
+                )
             return self._unavailable()
+        if not self.up:
+            self.up = True
+            log.warning("rate limits: Redis answers again after %.1fs", time.monotonic() - self._down_since)
         return d
 
     async def ask(self, key_id: str, limits: Limits, tokens: int, images: int = 0) -> Decision | None:

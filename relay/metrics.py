@@ -52,6 +52,22 @@ class _SharedStateCollector(Collector):
         )
 
 
+class _RateLimiterCollector(Collector):
+    """Whether Redis answers for the keys' rate limits (limits.backend: redis), and the requests decided
+    without it."""
+
+    def __init__(self, source: Callable[[], tuple[bool, int]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        up, errors = self._source()
+        yield GaugeMetricFamily("relay_rate_limiter_up", "1 while Redis answers for the keys' rate limits", value=int(up))
+        yield CounterMetricFamily(
+            "relay_rate_limiter_errors", "Requests whose rate limits were decided without Redis (failed, timed out, "
+            "or left alone while it is down)", value=errors,
+        )
+
+
 class _StickyCollector(Collector):
     def __init__(self, source: Callable[[], tuple[int, int]]) -> None:
         self._source = source
@@ -155,6 +171,9 @@ class Metrics:
             self._tokens.labels(m, "prompt"),
             self._tokens.labels(m, "completion"),
         )
+
+    def rate_limiter(self, source: Callable[[], tuple[bool, int]]) -> None:
+        self.registry.register(_RateLimiterCollector(source))
 
     def sticky_routing(self, source: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_StickyCollector(source))

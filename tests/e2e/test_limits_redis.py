@@ -7,6 +7,7 @@ under its own key prefix and deletes only that prefix afterwards.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -261,7 +262,8 @@ class Proxy:
 
 
 @pytest.mark.parametrize("fail_open", [True, False])
-async def test_redis_lost_during_operation(live: Any, fail_open: bool) -> None:
+async def test_redis_lost_during_operation(live: Any, fail_open: bool, caplog: Any) -> None:
+    caplog.set_level(logging.WARNING, logger="relay.limits")
     target = urlsplit(REDIS_URL)
     proxy = Proxy(target.hostname or "127.0.0.1", target.port or 6379)
     auth = target.netloc.rpartition("@")[0]
@@ -282,10 +284,15 @@ async def test_redis_lost_during_operation(live: Any, fail_open: bool) -> None:
     d = await lim.acquire("k", limits, 0)  # within retry_interval: decided at once
     assert time.monotonic() - t0 < 0.01 and d.allowed is fail_open and lim.errors == 2
 
+    assert not lim.up
     proxy.mode = "forward"
     await asyncio.sleep(0.25)
     d = await lim.acquire("k", limits, 0)  # back: Redis decides again, and the bucket is still empty
     assert not d.allowed and d.limit == "rpm" and lim.errors == 2
+    assert lim.up
+    lines = [r.getMessage() for r in caplog.records if r.name == "relay.limits"]
+    assert len(lines) == 2 and "failed" in lines[0] and "answers again" in lines[1]  # once each way
+    assert ("admitting" if fail_open else "refusing") in lines[0]
 
     await proxy.stop()  # connections cut and the port closed
     await asyncio.sleep(0.25)
