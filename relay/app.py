@@ -95,7 +95,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
-    ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)
+    ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok, cfg.metrics_token)
 
     app = web.Application(
         middlewares=[_errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics)], client_max_size=cfg.server.max_body_bytes,
@@ -182,7 +182,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # Reasons an auth failure is counted under (a bounded label set: anything else is "other").
-_AUTH_REASONS = frozenset({"missing_api_key", "invalid_api_key", "key_revoked", "key_expired", "ip_not_allowed"})
+_AUTH_REASONS = frozenset({
+    "missing_api_key", "invalid_api_key", "key_revoked", "key_expired", "ip_not_allowed", "invalid_metrics_token",
+})
 
 
 def _errors_middleware(client: ClientAddress, metrics: Metrics) -> Middleware:

@@ -153,6 +153,7 @@ class ClientKeyConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     admin_token: str | None = None
+    metrics_token: str | None = None  # set: /metrics answers only `Authorization: Bearer <metrics_token>`
     database: str = "relay.db"
     channels: tuple[ChannelConfig, ...] = ()
     client_keys: tuple[ClientKeyConfig, ...] = ()
@@ -185,7 +186,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root = Node(expand(raw, env), "")
     root.mapping()
     root.allow(
-        "server", "admin_token", "database", "channels", "client_keys", "prices", "billing", "limits",
+        "server", "admin_token", "metrics_token", "database", "channels", "client_keys", "prices", "billing", "limits",
         "timeouts", "retry", "routing", "ledger", "log_level",
     )
     server = root.child("server")
@@ -269,6 +270,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     return Config(
         server=srv,
         admin_token=root.get_str("admin_token", "") or None,
+        metrics_token=root.get_str("metrics_token", "") or None,
         database=database,
         channels=channels,
         client_keys=keys,

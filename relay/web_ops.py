@@ -5,12 +5,14 @@ None of them needs a key and none shows a secret: /status names models, channels
 
 from __future__ import annotations
 
+import hmac
 import html
 import time
 from collections.abc import Callable
 
 from aiohttp import web
 
+from .errors import Unauthorized
 from .metrics import CONTENT_TYPE, Metrics
 from .router import Router
 from .store_api import Availability, Storage
@@ -21,8 +23,12 @@ _STATUS_CACHE_SECONDS = 10.0
 
 
 class OpsDeps:
-    def __init__(self, metrics: Metrics, router: Router, store: Storage, store_ok: Callable[[], bool]) -> None:
+    def __init__(
+        self, metrics: Metrics, router: Router, store: Storage, store_ok: Callable[[], bool],
+        metrics_token: str | None = None,
+    ) -> None:
         self.metrics = metrics
+        self.metrics_token = metrics_token
         self.store_ok = store_ok
         self.router = router
         self.store = store
@@ -41,6 +47,10 @@ class OpsDeps:
 
 def add_routes(app: web.Application, deps: OpsDeps) -> None:
     async def metrics(request: web.Request) -> web.Response:
+        if deps.metrics_token is not None:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), deps.metrics_token.encode()):
+                raise Unauthorized("/metrics needs 'Authorization: Bearer <metrics_token>'.", code="invalid_metrics_token")
         return web.Response(body=deps.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(request: web.Request) -> web.Response:

@@ -43,3 +43,18 @@ async def test_auth_failures_are_counted_by_reason_and_logged_quietly(relay_fact
     lines = [r.getMessage() for r in caplog.records if r.name == "relay.auth"]
     assert len(lines) == 1 and "refused POST /v1/chat/completions" in lines[0]
     assert bad not in caplog.text and k["key"] not in caplog.text
+
+
+async def test_metrics_token_guards_metrics(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(metrics_token="m" * 32)
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with http.get(relay.url + "/metrics", headers=headers) as resp:
+                assert resp.status == 401
+                assert (await resp.json())["error"]["code"] == "invalid_metrics_token"
+        async with http.get(relay.url + "/metrics", headers={"Authorization": "Bearer " + "m" * 32}) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    assert 'relay_auth_failures_total{reason="invalid_metrics_token"} 2.0' in text
+    async with aiohttp.ClientSession() as http, http.get(relay.url + "/healthz") as resp:
+        assert resp.status == 200  # the other operations pages stay open
