@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import tokens, web_admin, web_api, web_ops
+from . import tokens, web_admin, web_admin_health, web_api, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .balances import Balances
@@ -27,6 +27,7 @@ from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
+from .health_service import HealthService
 from .ledger import Ledger
 from .metrics import Metrics
 from .limits import LocalLimiter
@@ -37,7 +38,7 @@ from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
 
-__all__ = ["LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
+__all__ = ["HEALTH", "LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
 
 log = logging.getLogger("relay")
 
@@ -46,6 +47,7 @@ STORE = web.AppKey("store", Storage)  # type: ignore[type-abstract]
 LEDGER = web.AppKey("ledger", Ledger)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
+HEALTH = web.AppKey("health", HealthService)
 
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Beta, X-Stainless-*, *"
 _CORS_EXPOSE = (
@@ -89,6 +91,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
+    health = HealthService(cfg, router, upstream, metrics, holder)
     ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)
 
     app = web.Application(
@@ -96,6 +99,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
+    app[HEALTH] = health
     web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
     web_ops.add_routes(app, ops)
     app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
@@ -114,10 +118,12 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         await keys.refresh()
         keys.start()
         await upstream.start()
+        await health.start()
         ledger.start()
         balances.start()
         bindings.start()
         yield
+        await health.close()  # first: its last transitions still reach the shared state
         await keys.close()
         await ledger.close()
         await bindings.close()
@@ -139,6 +145,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     app.cleanup_ctx.append(lifecycle)
     # after the relay's own lifecycle: the admin API's connection opens once the schema exists
     web_admin.add_routes(app, web_admin.AdminDeps(cfg, store, keys, balances))
+    web_admin_health.add_routes(app, cfg, health.prober)
     app.on_shutdown.append(drain)
     return app
 
