@@ -37,6 +37,7 @@ class HealthService:
                 timeout=max(cfg.limits.timeout, 0.5),
             )
         self.prober = Prober(router, upstream, h, leader=self.leader)
+        self._closed = False
 
     async def start(self) -> None:
         """After the upstream session is open."""
@@ -46,7 +47,10 @@ class HealthService:
             self.prober.start()
 
     async def close(self) -> None:
-        """Before the upstream session closes."""
+        """Before the upstream session closes (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         await self.prober.close()
         if self.leader is not None:
             await self.leader.close()
