@@ -166,7 +166,7 @@ class Proxy:
             )
         raise RelayError(
             "The upstream account that holds this response is "
-            + ("no longer configured" if why == "gone" else "out of rotation (it refused its credential)")
+            + ("no longer configured" if why == "gone" else "out of rotation")
             + ", and no other account knows the response: start again with the whole conversation in 'input'.",
             status=409, code="response_account_unavailable",
         )
