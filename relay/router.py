@@ -290,9 +290,8 @@ class Router:
 
     def _moved(self, acc: Account, before: str, after: str, cause: str, reason: str, local: bool) -> None:
         t = Transition(acc.channel.name, acc.index, acc.uid, before, after, cause, reason, time.time(), local)
-        log.warning(
-            "account %s: %s -> %s (%s)%s", acc.label, before, after, reason, "" if local else ", found by another relay process"
-        )
+        where = "" if local else ", found by another relay process"
+        log.warning("account %s: %s -> %s (%s)%s", acc.label, before, after, reason, where)
         for listener in self.on_transition:
             try:
                 listener(t)
