@@ -26,6 +26,9 @@ Check = tuple[bool | None, str]  # (True: PASS, False: FAIL, None: SKIP; the lin
 # rate limits), from the full run recorded at commit 41a8cb8: billing and the key store may add at most 10 %.
 CORE_NS_RATIO = 1.19
 MAX_LIMITS_CPU_ADDED = 0.05
+# 6 probes/s at ~0.26 ms CPU each (bench/probes.py) is ~1.6 ms per second next to ~800 requests/s: far below
+# the rounds' noise, so the bound is the noise's (same-round ratios of two relays vary by a few %)
+MAX_PROBES_CPU_RATIO = 1.10
 # Targets (all must hold for a pass).
 MAX_CPU_RATIO = 1.5
 MAX_ADDED_TTFB_P99_MS = 5.0
@@ -168,6 +171,15 @@ def relay_checks(
                 f"{micro['limits_us_per_request']:.2f} µs of {relay_us:.0f} µs = {fmt(added_cpu * 100, 1)} % "
                 f"(bench/micro.py, in isolation){end_to_end}",
             )
+    probing = results.get("relay+probes")
+    if probing:
+        pr = cpu_ratio(probing.ns, relay.ns)
+        checks["probes_cpu"] = (
+            pr is not None and pr <= MAX_PROBES_CPU_RATIO and probing.ns.get("errors", 1) == 0,
+            f"health probes every 0.5 s (6/s) add <= {(MAX_PROBES_CPU_RATIO - 1) * 100:g} % relay CPU per request: "
+            f"{'n/a' if pr is None else fmt((pr - 1) * 100, 1)} % (median of same-round ratios; pooled "
+            f"{fmt(cpu_per(probing.ns, 10_000), 3)} vs {fmt(cpu_per(relay.ns, 10_000), 3)} CPU s / 10k requests)",
+        )
     redis = results.get("relay+redis")
     if redis and limited:
         p50, p99 = (_added(redis.ns, limited.ns, k) for k in ("lat_p50_ms", "lat_p99_ms"))

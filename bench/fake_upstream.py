@@ -18,6 +18,9 @@ Test hooks, stored on the app under the typed keys exported here:
   end the HTTP body properly but without the finish chunk and ``[DONE]``);
   ``delay(ms)`` wait before the headers, then answer normally.
   The strings ``"reset"`` and ``"hang"`` are accepted as shorthands.
+* ``FakeOptions.key_answers`` - ``{api_key: Action}``: a switchable per-key answer, given to every
+  request with that key (once its ``SCRIPT`` queue is empty) until the entry is removed, e.g.
+  ``key_answers["acct-1"] = status(401)`` takes an account down, ``del`` brings it back.
 * ``DISCONNECTS`` - :class:`DisconnectLog` of client disconnects seen by a handler.
   Streams notice a disconnect on their next write (or immediately when the server runs with
   ``handler_cancellation=True``, which ``aiohttp_server``/``TestServer`` and the CLI use);
@@ -70,6 +73,7 @@ class FakeOptions:
     models: tuple[str, ...] = DEFAULT_MODELS
     seed: int = 0
     record: bool = True
+    key_answers: dict[str, Action | str] = field(default_factory=dict)  # see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +372,10 @@ class FakeUpstream:
     def _next_action(self, key: str) -> Action | None:
         queue = self.script.get(key)
         if not queue:
-            return None
+            action = self.opts.key_answers.get(key)
+            if action is None:
+                return None
+            return Action(action) if isinstance(action, str) else action
         action = queue.pop(0)
         return Action(action) if isinstance(action, str) else action
 

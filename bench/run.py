@@ -81,7 +81,10 @@ QUICK = {
     "wk_rounds": 1,
 }
 
-TARGETS = ("direct", "baseline", "relay", "relay+limits", "relay+redis", "relay+pg")
+TARGETS = ("direct", "baseline", "relay", "relay+limits", "relay+probes", "relay+redis", "relay+pg")
+# relay+probes: the relay with health probes of its 3 accounts every 0.5 s (6 probes a second, 100x the
+# default schedule's rate for 3 accounts), against relay (every 60 s): relay CPU per request with and without.
+PROBES_EXTRA = "health: {interval: 0.5}\n"
 Log = Callable[[str], None]
 
 
@@ -117,6 +120,9 @@ def start_targets(
             tl.append(Target(t, srv.port, CLIENT_KEY if t == "relay" else limited, srv.pid, responses=t == "relay"))
             log(f"{t} pid {srv.pid} on :{srv.port} (CPU {CPU_SUT})")
             continue
+        elif t == "relay+probes":
+            srv, _ = start_relay(logdir, "relay-probes", fake, extra=PROBES_EXTRA)
+            tl.append(Target(t, srv.port, CLIENT_KEY, srv.pid))
         else:
             if not redis_reachable():
                 unmeasured[t] = f"no Redis at {mask(REDIS_URL)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OPENAPI"]
+__all__ = ["HEALTH_PATHS", "OPENAPI"]
 
 # -- the OpenAPI document ---------------------------------------------------------------------------------
 
@@ -171,3 +171,59 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+# -- account health: probes on demand and the internal view -------------------------------------------------
+
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "The channel's name"}
+_STATE = {"enum": ["active", "resting", "out"]}
+_PROBE = {
+    "type": "object", "required": ["ok", "kind", "status", "latency_ms", "error", "at"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "kind": {"enum": ["ok", "auth", "quota", "rate_limited", "server", "connect", "timeout", "bad_request"]},
+        "status": _nullable("integer", "The upstream's HTTP status; null: no answer"),
+        "latency_ms": {"type": "number"}, "error": {"type": "string", "description": "Status and error code"},
+        "at": {"type": "number", "description": "unix seconds"}, "model": {"type": "string"},
+    },
+}
+HEALTH_PATHS: dict[str, Any] = {
+    "/admin/channels/{name}/test": {
+        "parameters": [_NAME_PARAM],
+        "post": {
+            "operationId": "testChannel", "summary": "Probe every account of a channel now",
+            "responses": {**_ok("One probe per account", {
+                "type": "object", "required": ["channel", "accounts"], "properties": {
+                    "channel": {"type": "string"},
+                    "accounts": {"type": "array", "items": {
+                        "type": "object", "required": ["index", "state", "ok", "status", "latency_ms", "error"],
+                        "properties": {
+                            "index": {"type": "integer"}, "state": _STATE, "ok": {"type": "boolean"},
+                            "status": _nullable("integer", "The upstream's HTTP status; null: no answer"),
+                            "latency_ms": {"type": "number"}, "error": {"type": "string"}}}}}}),
+                **_errors(), "404": {"description": "No such channel",
+                                     "content": {"application/json": {"schema": _ref("Error")}}}},
+        },
+    },
+    "/admin/health": {
+        "get": {
+            "operationId": "health", "summary": "Every channel and account: state, reason, last probe, streaks",
+            "responses": {**_ok("The health view", {
+                "type": "object", "required": ["probes", "channels"], "properties": {
+                    "probes": {"type": "object", "description": "enabled, interval, and whether this process probes"},
+                    "channels": {"type": "array", "items": {
+                        "type": "object", "required": ["name", "accounts"], "properties": {
+                            "name": {"type": "string"},
+                            "accounts": {"type": "array", "items": {
+                                "type": "object", "required": ["index", "state", "reason", "last_probe"],
+                                "properties": {
+                                    "index": {"type": "integer"}, "state": _STATE, "reason": {"type": "string"},
+                                    "last_probe": {"oneOf": [_PROBE, {"type": "null"}]},
+                                    "ok_streak": {"type": "integer"}, "fail_streak": {"type": "integer"},
+                                    "traffic_failures": {"type": "integer"}}}}}}}}}),
+                **_errors()},
+        },
+    },
+}
+OPENAPI["paths"].update(HEALTH_PATHS)

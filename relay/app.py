@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import config_check, tokens, web_admin, web_api, web_input, web_ops
+from . import config_check, tokens, web_admin, web_admin_health, web_api, web_input, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .balances import Balances
@@ -28,6 +28,7 @@ from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, Unauthorized, error_response, render_error
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
+from .health_service import HealthService
 from .http_server import RelayRunner
 from .ledger import Ledger
 from .metrics import Metrics
@@ -40,7 +41,7 @@ from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
 
-__all__ = ["LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
+__all__ = ["HEALTH", "LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
 
 log = logging.getLogger("relay")
 
@@ -49,6 +50,7 @@ STORE = web.AppKey("store", Storage)  # type: ignore[type-abstract]
 LEDGER = web.AppKey("ledger", Ledger)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
+HEALTH = web.AppKey("health", HealthService)
 
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Beta, X-Stainless-*, *"
 _CORS_EXPOSE = (
@@ -95,6 +97,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
+    health = HealthService(cfg, router, upstream, metrics, holder)
     ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok, cfg.metrics_token)
 
     app = web.Application(
@@ -103,6 +106,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
     app[web_input.BODY_BUDGET] = web_input.BodyBudget(cfg.server.max_inflight_body_bytes)
+    app[HEALTH] = health
     web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
     web_ops.add_routes(app, ops)
     app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
@@ -121,10 +125,12 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         await keys.refresh()
         keys.start()
         await upstream.start()
+        await health.start()
         ledger.start()
         balances.start()
         bindings.start()
         yield
+        await health.close()  # first: its last transitions still reach the shared state
         await keys.close()
         await ledger.close()
         await bindings.close()
@@ -146,6 +152,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     app.cleanup_ctx.append(lifecycle)
     # after the relay's own lifecycle: the admin API's connection opens once the schema exists
     web_admin.add_routes(app, web_admin.AdminDeps(cfg, store, keys, balances))
+    web_admin_health.add_routes(app, cfg, health.prober)
     app.on_shutdown.append(drain)
     return app
 

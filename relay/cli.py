@@ -1,4 +1,4 @@
-"""The `relay` command: serve | keys create|list|revoke|topup | usage | db migrate|copy.
+"""The `relay` command: serve | keys create|list|revoke|topup | usage | db migrate|copy | channels test.
 
 The key and usage commands open the configured database directly (a SQLite file or PostgreSQL), so they
 work whether or not the relay is running (WAL and a busy timeout let them share a SQLite file); a running
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from .cli_channels import add_channels_parser, run_channels
 from .config import Config, ConfigError, load_config
 from .errors import RelayError
 from .dbcopy import NotARelayDatabase, check_source, copy_sqlite
@@ -115,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     cp = ds.add_parser("copy", help="copy a SQLite deployment (keys, balances, ledger) into the config's PostgreSQL")
     cp.add_argument("--from", dest="source", required=True, metavar="SQLITE_FILE", help="the relay.db to copy")
     cp.add_argument("--config", required=True, help="path to config.yaml (its database: a postgresql:// URL)")
+    add_channels_parser(sub, _Parser)
     return p
 
 
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             configure_logging(cfg.log_level)
             build_app(cfg)  # validates what config alone cannot (channel types) before binding anything
             return run(cfg, args.host, args.port, args.workers)
+        if args.command == "channels":
+            return run_channels(cfg, args)
         return _run_db_command(cfg, args)
     except ConfigError as e:
         print(f"relay: config error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .config_health import HealthConfig, parse_health
 from .config_yaml import ConfigError, Node, expand, read_yaml
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ClientKeyConfig",
     "Config",
     "ConfigError",
+    "HealthConfig",
     "LedgerConfig",
     "LimitsConfig",
     "PriceConfig",
@@ -102,6 +104,7 @@ class ChannelConfig:
     api_version: str | None = None
     responses: bool = True  # openai/azure: the upstream has a Responses API (false: served over chat)
     vendor: str | None = None  # who makes its models, for /v1/models' owned_by (default: from type and base_url)
+    test_model: str = ""  # the public model health probes ask for (default: its first model)
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -164,6 +167,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     log_level: str = "info"
     skipped_channels: tuple[str, ...] = ()  # channels left out because their keys are unset
 
@@ -187,7 +191,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root.mapping()
     root.allow(
         "server", "admin_token", "metrics_token", "database", "channels", "client_keys", "prices", "billing", "limits",
-        "timeouts", "retry", "routing", "ledger", "log_level",
+        "timeouts", "retry", "routing", "ledger", "log_level", "health",
     )
     server = root.child("server")
     srv = ServerConfig(
@@ -281,6 +285,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         retry=retry,
         routing=routing,
         ledger=ledger,
+        health=parse_health(root.child("health")),
         log_level=log_level,
         skipped_channels=skipped,
     )
@@ -294,7 +299,7 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         c.mapping()
         c.allow(
             "name", "type", "base_url", "keys", "models", "model_map", "weight", "priority", "rpm", "tpm",
-            "headers", "api_version", "enabled", "responses", "vendor",
+            "headers", "api_version", "enabled", "responses", "vendor", "test_model",
         )
         name = c.get_str("name")
         if not name:
@@ -336,6 +341,7 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 api_version=c.get_str("api_version", "") or None,
                 responses=c.get_bool("responses", True),
                 vendor=c.get_str("vendor", "") or None,
+                test_model=c.get_str("test_model", "") or models[0],
             )
         )
     return tuple(out), tuple(skipped)

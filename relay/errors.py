@@ -120,11 +120,12 @@ class UpstreamFailure(Exception):
     """One failed attempt, classified for the router and the proxy.
 
     kind: connect | timeout | server (5xx, 408, a stream cut before its first byte) | rate_limited (429)
-    | auth (401/403: the account's credential was refused) | client (any other 4xx: the request itself is
+    | auth (401/403: the account's credential was refused) | quota (an answer saying the account's quota or
+    credit is spent: relay.health.quota_failure; it goes out of rotation and the request moves on) | client (any other 4xx: the request itself is
     at fault, so it is not retried and the upstream's answer goes back to the client as it is).
     """
 
-    RETRYABLE = frozenset({"connect", "timeout", "server", "rate_limited", "auth"})
+    RETRYABLE = frozenset({"connect", "timeout", "server", "rate_limited", "auth", "quota"})
 
     def __init__(
         self,

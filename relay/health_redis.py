@@ -2,9 +2,10 @@
 
 `RedisState` is relay.health's SharedState in Redis. Per account (relay.health.account_id) under `prefix`:
 
-    <id>:off    "1" while its credential is refused; expires after DISABLED_TTL (a day), so a key that works
-                again is tried again by processes that start later (one that found it refused keeps that)
-    <id>:rest   the wall-clock time (ms) until which it rests; expires then
+    <id>:off    the reason while it is out of rotation (credential refused, quota spent, failed probes);
+                deleted when it is brought back (every process then takes it back within `interval`);
+                expires after DISABLED_TTL (a day), so a key nobody probes is tried again by traffic
+    <id>:rest   "<wall-clock ms until which it rests>:<why>" (why: rate_limited | failed); expires then
     <id>:fails  the failure streak summed over processes; expires STREAK_TTL after its last failure
 
 A change the router reports (disabled, a rest, a soft failure) wakes the background task, which writes it at
@@ -40,31 +41,33 @@ from .limits import Decision, Limits, LocalLimiter
 from .limits_redis import RedisLimiter
 from .router import Account, Router
 
-__all__ = ["DISABLED_TTL", "STREAK_TTL", "WRITE", "RedisState", "SharedBudgets"]
+__all__ = ["DISABLED_TTL", "LEADER", "STREAK_TTL", "WRITE", "ProbeLeader", "RedisState", "SharedBudgets"]
 
 log = logging.getLogger("relay.shared")
 
 DISABLED_TTL = 86_400  # seconds
 STREAK_TTL = 600  # seconds after the last failure
 
-# KEYS: off, rest, fails. ARGV: disabled 0|1, its ttl (s), rest until (wall ms; 0: none), reset 0|1,
-# failures to add, streak ttl (ms), threshold, rest until when the streak reaches it (wall ms).
-# A rest only ever lengthens: the longest one any process found wins.
+# KEYS: off, rest, fails. ARGV: 1 out | 2 back | 0 neither, its ttl (s), rest until (wall ms; 0: none),
+# reset 0|1, failures to add, streak ttl (ms), threshold, rest until when the streak reaches it (wall ms),
+# the reason it is out. A rest only ever lengthens: the longest one any process found wins.
 WRITE = """
-local function rest(t)
-  if tonumber(t) > (tonumber(redis.call('GET', KEYS[2])) or 0) then
-    redis.call('SET', KEYS[2], t, 'PXAT', t)
+local function rest(t, why)
+  local cur = tonumber(string.match(redis.call('GET', KEYS[2]) or '', '^(%d+)')) or 0
+  if tonumber(t) > cur then
+    redis.call('SET', KEYS[2], t .. ':' .. why, 'PXAT', t)
   end
 end
-if ARGV[1] == '1' then redis.call('SET', KEYS[1], '1', 'EX', ARGV[2]) end
-if ARGV[3] ~= '0' then rest(ARGV[3]) end
+if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[9], 'EX', ARGV[2]) end
+if ARGV[1] == '2' then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) end
+if ARGV[3] ~= '0' then rest(ARGV[3], 'rate_limited') end
 if ARGV[4] == '1' then redis.call('DEL', KEYS[3]) end
 local n = tonumber(ARGV[5])
 if n > 0 then
   local c = redis.call('INCRBY', KEYS[3], n)
   if c >= tonumber(ARGV[7]) then
     redis.call('DEL', KEYS[3])
-    rest(ARGV[8])
+    rest(ARGV[8], 'failed')
   else
     redis.call('PEXPIRE', KEYS[3], ARGV[6])
   end
@@ -107,8 +110,12 @@ class RedisState:
 
     # -- what the router reports (sync: the write happens in the background task, at once) --------------
 
-    def disabled(self, uid: str) -> None:
-        self._outbox.disabled(uid)
+    def disabled(self, uid: str, reason: str = "") -> None:
+        self._outbox.disabled(uid, reason)
+        self._wake.set()
+
+    def enabled(self, uid: str) -> None:
+        self._outbox.enabled(uid)
         self._wake.set()
 
     def rested(self, uid: str, seconds: float) -> None:
@@ -189,24 +196,30 @@ class RedisState:
         p = self._prefix + uid
         return p + ":off", p + ":rest", p + ":fails"
 
-    def _args(self, c: Change, now: float) -> tuple[int, ...]:
+    def _args(self, c: Change, now: float) -> tuple[int | str, ...]:
         r = self._retry
         return (
-            int(c.disabled), DISABLED_TTL, int(c.rest_until * 1000), int(c.reset), c.failures,
-            STREAK_TTL * 1000, r.failure_threshold, int((now + r.failure_cooldown) * 1000),
+            1 if c.disabled else 2 if c.enabled else 0, DISABLED_TTL, int(c.rest_until * 1000), int(c.reset),
+            c.failures, STREAK_TTL * 1000, r.failure_threshold, int((now + r.failure_cooldown) * 1000),
+            c.reason or "out of rotation",
         )
 
     def _apply(self, values: list[bytes | None], wall: float) -> None:
         for i, (uid, accounts) in enumerate(self._accounts.items()):
             off, rest, fails = values[3 * i : 3 * i + 3]
             try:
-                remaining = int(rest) / 1000 - wall if rest else 0.0
-                # a change of ours still on its way: the shared count does not hold it yet
-                streak = None if uid in self._outbox else int(fails or 0)
-            except ValueError:
+                until, _, why = (rest or b"").decode().partition(":")
+                remaining = int(until) / 1000 - wall if until else 0.0
+                # a change of ours still on its way: the shared state does not hold it yet
+                pending = uid in self._outbox
+                streak = None if pending else int(fails or 0)
+            except (ValueError, UnicodeDecodeError):
                 continue  # not written by a relay: ignore it
+            reason = off.decode(errors="replace") if off is not None else ""
             for acc in accounts:
-                self._router.merge(acc, off is not None, remaining, streak)
+                self._router.merge(
+                    acc, None if pending else off is not None, remaining, streak, reason, why,
+                )
 
 
 class SharedBudgets:
@@ -242,3 +255,50 @@ class SharedBudgets:
     def settle(self, key_id: str, limits: Limits, estimated_tokens: int, actual_tokens: int) -> None:
         self._redis.settle(key_id, limits, estimated_tokens, actual_tokens)
         self._local.settle(key_id, limits, estimated_tokens, actual_tokens)
+
+
+# KEYS: the leader key. ARGV: holder, ttl (ms). 1: `holder` leads (renewed or taken), 0: another one does.
+LEADER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+class ProbeLeader:
+    """One process probes at a time: `SET <prefix>probe-leader <holder> NX PX ttl`, renewed by the holder on
+    every call (the prober calls at least every second, `ttl` is 3 s or more); when the holder stops (or
+    dies) the key lapses and the next process to ask takes over. While Redis fails every process probes
+    on its own (as every process then decides on its own view): probes are cheap, a blind relay is not."""
+
+    def __init__(self, url: str, key: str, holder: str, ttl: float, timeout: float = 0.5) -> None:
+        self.key, self.holder, self.ttl_ms = key, holder, max(1, int(ttl * 1000))
+        self.leading: bool | None = False  # None: Redis failed at the last call
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=1, timeout=timeout, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+
+    async def __call__(self) -> bool:
+        try:
+            leading = bool(await self._redis.eval(LEADER, 1, self.key, self.holder, self.ttl_ms))
+        except _ERRORS as e:
+            if self.leading is not None:
+                log.warning("probe leader lock unavailable (%s): this process probes on its own", _error(e))
+            self.leading = None
+            return True
+        if leading != self.leading:
+            log.info("health probes: this process %s", "leads" if leading else "leaves them to another process")
+        self.leading = leading
+        return leading
+
+    async def close(self) -> None:
+        with contextlib.suppress(*_ERRORS):
+            await self._redis.eval(_RELEASE, 1, self.key, self.holder)  # the next process takes over at once
+        await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()

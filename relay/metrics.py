@@ -6,7 +6,7 @@ failure kind). A model the relay does not serve is counted as `other`, so a clie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -66,6 +66,31 @@ class _RateLimiterCollector(Collector):
             "relay_rate_limiter_errors", "Requests whose rate limits were decided without Redis (failed, timed out, "
             "or left alone while it is down)", value=errors,
         )
+class _StatesCollector(Collector):
+    """Accounts per channel and state (active | resting | out), read when scraped."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily("relay_accounts", "Upstream accounts by state", labels=["channel", "state"])
+        counts: dict[tuple[str, str], int] = {}
+        for channel, state in self._source():
+            counts[(channel, state)] = counts.get((channel, state), 0) + 1
+        for (channel, state), n in counts.items():
+            g.add_metric([channel, state], n)
+        yield g
+
+
+class _CountsCollector(Collector):
+    def __init__(self, name: str, doc: str, label: str, source: Callable[[], Mapping[str, int]]) -> None:
+        self._name, self._doc, self._label, self._source = name, doc, label, source
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        c = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, n in self._source().items():
+            c.add_metric([value], n)
+        yield c
 
 
 class _StickyCollector(Collector):
@@ -174,6 +199,23 @@ class Metrics:
 
     def rate_limiter(self, source: Callable[[], tuple[bool, int]]) -> None:
         self.registry.register(_RateLimiterCollector(source))
+    def account_health(
+        self, states: Callable[[], Iterable[tuple[str, str]]], webhook: Callable[[], Mapping[str, int]] | None,
+    ) -> None:
+        """relay_accounts{channel,state}, relay_account_transitions_total, relay_health_webhook_total."""
+        self._transitions = Counter(
+            "relay_account_transitions", "Accounts taken out of rotation or brought back",
+            ["channel", "from_state", "to_state", "reason"], registry=self.registry,
+        )
+        self.registry.register(_StatesCollector(states))
+        if webhook is not None:
+            self.registry.register(_CountsCollector(
+                "relay_health_webhook", "Account transitions POSTed to health.webhook_url, by result", "result",
+                webhook,
+            ))
+
+    def transition(self, channel: str, from_state: str, to_state: str, reason: str) -> None:
+        self._transitions.labels(channel, from_state, to_state, reason).inc()
 
     def sticky_routing(self, source: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_StickyCollector(source))

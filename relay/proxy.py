@@ -80,6 +80,8 @@ class Proxy:
     ) -> None:
         self._bindings = bindings
         self._retry = cfg.retry
+        # Retry-After when no failed account is back on its own: the next probe may bring one back
+        self._default_wait = cfg.health.interval if cfg.health.enabled else cfg.retry.failure_cooldown
         self._limiter = limiter
         self._max_output = cfg.billing.max_output_tokens
         self._pricing = pricing
@@ -165,7 +167,7 @@ class Proxy:
             )
         raise RelayError(
             "The upstream account that holds this response is "
-            + ("no longer configured" if why == "gone" else "out of rotation (it refused its credential)")
+            + ("no longer configured" if why == "gone" else "out of rotation")
             + ", and no other account knows the response: start again with the whole conversation in 'input'.",
             status=409, code="response_account_unavailable",
         )
@@ -216,23 +218,23 @@ class Proxy:
         raise self._exhausted(req, last)
 
     def _exhausted(self, req: RelayRequest, last: UpstreamFailure | None) -> RelayError:
-        if last is None:
-            wait = self._router.retry_after(req.model)
-            if wait is not None:
-                return RateLimited(
-                    f"Every upstream account for model '{req.model}' is rate limited; retry in {wait:.0f}s.",
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
-                )
-            return UpstreamUnavailable(f"No upstream account is available for model '{req.model}'.")
-        if last.kind == "timeout":
+        """429 only for a real rate limit (accounts resting after an upstream 429, budgets spent); accounts that
+        failed or are out of rotation give 503 with the seconds until the first is back (or the probe interval)."""
+        why, wait = self._router.unavailable(req.model)
+        if last is not None and last.kind == "timeout":
             return UpstreamUnavailable("The upstream did not answer in time.", status=504, code="upstream_timeout")
-        if last.kind == "rate_limited":
-            wait = self._router.retry_after(req.model) or last.retry_after or self._retry.cooldown
+        if (last is None and why == "rate_limited") or (last is not None and last.kind == "rate_limited"):
+            wait = wait or (last.retry_after if last is not None else None) or self._retry.cooldown
             return RateLimited(
-                "The upstream is rate limiting every account for this model; retry later.",
+                f"Every upstream account for model '{req.model}' is rate limited; retry in {wait:.0f}s.",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        return UpstreamUnavailable(f"The upstream failed: {last.reason}.", status=502, code="upstream_error")
+        wait = wait if wait is not None else self._default_wait
+        detail = f" (last: {last.reason})" if last is not None else ""
+        return UpstreamUnavailable(
+            f"Every upstream account for model '{req.model}' is failing or out of rotation{detail}; "
+            f"retry in {wait:.0f}s.", headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
     async def _attempt(
         self, request: web.Request, req: RelayRequest, trace: _Trace, adapter: Adapter, account: Account

@@ -11,6 +11,13 @@ reported with `over_budget`, which remembers when the account admits again.
 
 The health this module keeps (disabled, cooldown, failure streak) is the local copy every pick reads;
 each change is also told to `shared` (relay.health), and `merge` folds in what other processes found.
+
+Account states (relay.health): `active`, `resting` (cooldown; `rest_reason` says whether after an upstream
+429, "rate_limited", or a failure streak, "failed") and `out` (`disabled`, with `out_reason`). An account goes
+out on a refused credential (401/403), an answer saying its quota is spent (kind "quota", see
+relay.health.quota_failure) or through `take_out` (failed probes, the operator); it comes back only through
+`bring_back` (passing probes), which refuses an account the operator switched off (`manual_off`). Each move
+into or out of `out` is handed to every callable in `on_transition` (log, metrics, webhook).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 from .config import ChannelConfig, RetryConfig
 from .endpoints import ENDPOINTS, Endpoint, mode_for
 from .errors import UpstreamFailure
-from .health import LocalState, SharedState, account_id
+from .health import ACTIVE, OUT, RESTING, LocalState, SharedState, Transition, account_id, quota_failure
 from .limits import Decision, Limiter, Limits, LocalLimiter
 from .types import Target
 
@@ -47,10 +54,21 @@ class Account:
     budget_until: float = 0.0  # its request budget (rpm) is spent until then: not picked, not asked
     budget_back: float = 0.0  # when its last budget refusal said it admits again
     serves: frozenset[str] = frozenset()  # the endpoints its channel serves (relay.endpoints)
+    out_reason: str = ""  # why it is out of rotation (while `disabled`)
+    rest_reason: str = ""  # why it rests: "rate_limited" (an upstream 429) or "failed" (a failure streak)
 
     @property
     def label(self) -> str:
         return f"{self.channel.name}#{self.index}"
+
+    @property
+    def state(self) -> str:
+        """active | resting | out, on the monotonic clock (Router.state reads the router's own clock)."""
+        return _state(self, time.monotonic())
+
+
+def _state(acc: Account, now: float) -> str:
+    return OUT if acc.disabled else RESTING if acc.cooldown_until > now else ACTIVE
 
 
 @dataclass(slots=True)
@@ -97,6 +115,8 @@ class Router:
         self._clock = clock
         self.budgets: Limiter = LocalLimiter(clock)  # replaced by a shared one with limits.backend: redis
         self.shared: SharedState = LocalState()
+        self.error_keywords: tuple[bytes, ...] = ()  # lower case; an error body holding one: kind "quota"
+        self.on_transition: list[Callable[[Transition], None]] = []
         self.accounts: list[Account] = []
         self.sticky_ttl = sticky_ttl
         self._sticky: OrderedDict[str, tuple[Account, float]] = OrderedDict()
@@ -225,6 +245,63 @@ class Router:
         ]
         return min(back) - now if back else None
 
+    def unavailable(self, model: str) -> tuple[str, float | None]:
+        """Why no account of `model` takes a request now, and in how many seconds the first is back (None: none
+        will be on its own). "rate_limited" when one rests after an upstream 429 or has spent its budget (a
+        real rate limit: 429 to the client); "failed" when they rest after failures or are out (503)."""
+        now = self._clock()
+        limited: list[float] = []
+        failed: list[float] = []
+        for tier in self._tiers.get(model, ()):
+            for a in tier.seq:
+                if a.disabled:
+                    continue
+                if a.budget_back > now or (a.cooldown_until > now and a.rest_reason != "failed"):
+                    limited.append(max(a.cooldown_until, a.budget_back))
+                elif a.cooldown_until > now:
+                    failed.append(a.cooldown_until)
+        if limited:
+            return "rate_limited", min(limited) - now
+        return "failed", (min(failed) - now if failed else None)
+
+    def state(self, acc: Account) -> str:
+        return _state(acc, self._clock())
+
+    def take_out(self, acc: Account, reason: str, cause: str = "operator") -> bool:
+        """Out of rotation, for every process, until `bring_back`. False: it was out already."""
+        if acc.disabled:
+            return False
+        before = _state(acc, self._clock())
+        acc.disabled, acc.out_reason, acc.failures = True, reason, 0
+        self.shared.disabled(acc.uid, reason)
+        self._moved(acc, before, OUT, cause, reason, local=True)
+        return True
+
+    def bring_back(self, acc: Account, reason: str, cause: str = "operator") -> bool:
+        """Back in rotation, for every process. False: it was not out, or the operator switched it off
+        (`manual_off`): only the operator brings that one back."""
+        if not acc.disabled or getattr(acc, "manual_off", False):
+            return False
+        self._back(acc)
+        self.shared.enabled(acc.uid)
+        self._moved(acc, OUT, ACTIVE, cause, reason, local=True)
+        return True
+
+    @staticmethod
+    def _back(acc: Account) -> None:
+        acc.disabled, acc.out_reason, acc.rest_reason = False, "", ""
+        acc.cooldown_until, acc.failures = 0.0, 0
+
+    def _moved(self, acc: Account, before: str, after: str, cause: str, reason: str, local: bool) -> None:
+        t = Transition(acc.channel.name, acc.index, acc.uid, before, after, cause, reason, time.time(), local)
+        where = "" if local else ", found by another relay process"
+        log.warning("account %s: %s -> %s (%s)%s", acc.label, before, after, reason, where)
+        for listener in self.on_transition:
+            try:
+                listener(t)
+            except Exception:  # noqa: BLE001 - a listener's bug must not break routing
+                log.exception("account transition listener failed")
+
     @staticmethod
     def target(acc: Account, model: str) -> Target:
         ch = acc.channel
@@ -240,16 +317,18 @@ class Router:
             self.shared.recovered(acc.uid)
 
     def failed(self, acc: Account, failure: UpstreamFailure) -> None:
-        kind = failure.kind
+        """Fold in a failed attempt. An error body naming a spent quota (error_keywords) turns `failure` into
+        kind "quota" here, in place: the caller then fails the request over to the next account."""
+        kind = quota_failure(failure, self.error_keywords).kind
         if kind == "auth":
-            if not acc.disabled:
-                acc.disabled = True
-                log.warning("account %s refused its credential (HTTP %s): out of rotation", acc.label, failure.status)
-                self.shared.disabled(acc.uid)
+            self.take_out(acc, f"credential refused (HTTP {failure.status})", "auth")
+        elif kind == "quota":
+            self.take_out(acc, f"{failure.reason} (HTTP {failure.status})", "quota")
         elif kind == "rate_limited":
             wait = failure.retry_after if failure.retry_after is not None else self._retry.cooldown
             rest = min(wait, self._retry.max_cooldown)
             acc.cooldown_until = self._clock() + rest
+            acc.rest_reason = "rate_limited"
             self.shared.rested(acc.uid, rest)
         elif kind in ("server", "connect", "timeout"):
             acc.failures += 1
@@ -257,21 +336,36 @@ class Router:
             if acc.failures >= self._retry.failure_threshold:
                 acc.failures = 0
                 acc.cooldown_until = self._clock() + self._retry.failure_cooldown
+                acc.rest_reason = "failed"
                 log.warning("account %s failed %d times in a row: resting %.0fs", acc.label,
                             self._retry.failure_threshold, self._retry.failure_cooldown)
 
-    def merge(self, acc: Account, disabled: bool, rest: float, failures: int | None) -> None:
-        """Fold in what the other processes found: `disabled`, resting for `rest` more seconds, the shared
-        failure streak (None: unknown, keep ours). Never undoes what this process found itself."""
+    def merge(
+        self, acc: Account, disabled: bool | None, rest: float, failures: int | None, reason: str = "",
+        rest_reason: str = "",
+    ) -> None:
+        """Fold in what the other processes found: out of rotation or not (None: unknown, keep ours; an
+        account brought back anywhere comes back here too), resting for `rest` more seconds (after
+        `rest_reason`), the shared failure streak (None: unknown, keep ours)."""
         if disabled and not acc.disabled:
-            acc.disabled = True
-            log.warning("account %s refused its credential to another relay process: out of rotation", acc.label)
+            before = _state(acc, self._clock())
+            acc.disabled, acc.out_reason = True, reason or "out of rotation"
+            self._moved(acc, before, OUT, "shared", acc.out_reason, local=False)
+        elif disabled is False and acc.disabled and not getattr(acc, "manual_off", False):
+            self._back(acc)
+            self._moved(acc, OUT, ACTIVE, "shared", "brought back", local=False)
         if rest > 0:
             until = self._clock() + rest
             if until > acc.cooldown_until:
                 acc.cooldown_until = until
+                acc.rest_reason = rest_reason or acc.rest_reason or "rate_limited"
         if failures is not None:
             acc.failures = failures
+
+    def states(self) -> list[tuple[str, str]]:
+        """(channel, state) of every account, for the gauge of accounts per state."""
+        now = self._clock()
+        return [(a.channel.name, _state(a, now)) for a in self.accounts]
 
     def out_of_rotation(self) -> list[tuple[Account, str]]:
         now = self._clock()

@@ -8,7 +8,7 @@ many minutes. Errors never carry the upstream URL or key; they name what failed,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
@@ -119,6 +119,25 @@ class Upstream:
             return b""
         finally:
             resp.release()
+
+    async def call(self, ureq: UpstreamRequest, timeout: float) -> tuple[int, Mapping[str, str], bytes]:
+        """A small unary call with a total deadline of its own (health probes, webhooks): status, headers and
+        at most 64 KiB of body. UpstreamFailure (connect, timeout) when no answer came."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        body = ureq.body() if callable(ureq.body) else ureq.body
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._session.request(
+                    ureq.method, ureq.url, headers=ureq.headers, data=body, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, self._t.connect)),
+                ) as resp:
+                    return resp.status, resp.headers, await resp.content.read(MAX_ERROR_BODY)
+        except asyncio.TimeoutError:
+            raise UpstreamFailure("no answer in time", kind="timeout", status=504) from None
+        except aiohttp.ClientConnectorError:
+            raise UpstreamFailure("could not connect", kind="connect", status=502) from None
+        except (aiohttp.ClientError, ConnectionError) as e:
+            raise UpstreamFailure(f"connection failed ({type(e).__name__})", kind="connect", status=502) from None
 
     @staticmethod
     def chunks(resp: UpstreamResponse) -> AsyncIterator[bytes]:

@@ -12,12 +12,11 @@ processes within their poll interval.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,8 +27,9 @@ from .auth import KeyCache, new_secret
 from .balances import Balances
 from .config import Config, hash_key
 from .admin_openapi import OPENAPI
-from .errors import InvalidRequest, NotFound, PermissionDenied, RelayError, Unauthorized
+from .errors import InvalidRequest, NotFound, RelayError
 from .storage import Storage, make_store
+from .web_admin_guard import admin_guard
 from .types import KeyRecord
 
 __all__ = [
@@ -244,9 +244,6 @@ class AdminDeps:
             await asyncio.sleep(0.01)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
@@ -267,28 +264,7 @@ async def _body(request: web.Request, required: bool = True) -> dict[str, Any]:
 
 
 def add_routes(app: web.Application, deps: AdminDeps) -> None:
-    token = deps.cfg.admin_token.encode() if deps.cfg.admin_token else None
-
-    def guarded(handler: Handler) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            if token is None:
-                raise PermissionDenied(
-                    "The admin API is disabled: set admin_token in the relay's config to enable it.",
-                    code="admin_disabled",
-                )
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            try:
-                presented = given.strip().encode()
-            except UnicodeEncodeError:  # undecodable header bytes: cannot be the token
-                presented = b""
-            if scheme.lower() != "bearer" or not presented or not hmac.compare_digest(presented, token):
-                raise Unauthorized(
-                    "The admin API needs 'Authorization: Bearer <admin_token>'; the token given is missing or wrong.",
-                    code="invalid_admin_token",
-                )
-            return await handler(request)
-
-        return handle
+    guarded = admin_guard(deps.cfg.admin_token)
 
     async def create(request: web.Request) -> web.StreamResponse:
         record, secret = await create_key(deps.store, key_fields(await _body(request), creating=True))

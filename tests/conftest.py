@@ -96,6 +96,7 @@ def relay_config(upstream_url: str, database: str, **overrides: Any) -> dict[str
         },
         "retry": {"failure_threshold": 100},
         "ledger": {"flush_interval": 0.05},
+        "health": {"enabled": False},  # probes would add requests to the fake's records; tests turn them on
         "log_level": "warning",
     }
     for key, value in overrides.items():

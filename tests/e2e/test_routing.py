@@ -319,16 +319,17 @@ async def test_401_fails_over_and_account_leaves_rotation(relay, upstream, sdk, 
     assert sample(metrics, "relay_accounts_out_of_rotation", channel="fake", state="disabled") == 1
 
 
-async def test_every_account_failing_gives_502_in_openai_shape(relay, upstream, sdk, http):
+async def test_every_account_failing_gives_503_in_openai_shape(relay, upstream, sdk, http):
     for key in ACCOUNTS:
         upstream.script[key] = [status(500)]
     content = prompt("down")
     async with http.post(relay.v1 + "/chat/completions", json=body(content), headers=AUTH) as resp:
         raw = await resp.read()
-        assert resp.status == 502
+        assert resp.status == 503
         assert resp.content_type == "application/json"
+        assert int(resp.headers["Retry-After"]) >= 1
     assert sorted(attempts_of(upstream, content)) == sorted(ACCOUNTS)
-    assert_openai_error(orjson.loads(raw))
+    assert assert_openai_error(orjson.loads(raw))["code"] == "upstream_unavailable"
     text = raw.decode()
     assert "acct-" not in text
     assert upstream.url not in text and f":{upstream.server.port}" not in text
@@ -338,7 +339,7 @@ async def test_every_account_failing_gives_502_in_openai_shape(relay, upstream, 
     client = sdk(relay)
     with pytest.raises(openai.InternalServerError) as info:
         await ask(client, prompt("down"))
-    assert info.value.status_code == 502
+    assert info.value.status_code == 503
     assert "acct-" not in str(info.value.body) and "acct-" not in info.value.message
 
 
@@ -505,12 +506,12 @@ async def test_ledger_has_one_row_per_request_with_its_outcome(relay, upstream, 
     expected[rid] = {"status": 200, "end_reason": "client_disconnected", "channel": "fake",
                      "account": int(attempts_of(upstream, content)[-1][-1]), "attempts": 1}
 
-    # every account failing: the relay answers 502
+    # every account failing: the relay answers 503
     for key in ACCOUNTS:
         upstream.script[key] = [status(500)]
     rid, code, _ = await send(prompt(secret))
-    assert code == 502
-    expected[rid] = {"status": 502, "end_reason": "upstream_error", "channel": "fake", "attempts": 3}
+    assert code == 503
+    expected[rid] = {"status": 503, "end_reason": "upstream_error", "channel": "fake", "attempts": 3}
 
     # every account rate limited: the relay itself answers 429, first after trying them, then at once
     for key in ACCOUNTS:

@@ -28,8 +28,11 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
 
-    def disabled(self, uid: str) -> None:
+    def disabled(self, uid: str, reason: str = "") -> None:
         self.calls.append(("disabled", uid))
+
+    def enabled(self, uid: str) -> None:
+        self.calls.append(("enabled", uid))
 
     def rested(self, uid: str, seconds: float) -> None:
         self.calls.append(("rested", uid, str(seconds)))
@@ -159,8 +162,12 @@ def test_merge_folds_in_other_processes_findings_on_this_clock() -> None:
     a0, a1 = r.accounts
     r.merge(a0, True, 0.0, None)
     assert a0.disabled and [(a.label, s) for a, s in r.out_of_rotation()] == [("a#0", "disabled")]
-    r.merge(a0, False, 0.0, None)  # a refusal this process knows of is never undone
+    r.merge(a0, None, 0.0, None)  # unknown (a change of this process on its way): kept
     assert a0.disabled
+    r.merge(a0, False, 0.0, None)  # brought back by another process: back here too, told to no one
+    assert not a0.disabled and r.state(a0) == "active"
+    r.merge(a0, True, 0.0, None, "credential refused (HTTP 401)")
+    assert a0.state == "out" and a0.out_reason == "credential refused (HTTP 401)"
     r.merge(a1, False, 12.5, None)  # rests 12.5 s more, whatever this process's monotonic clock reads
     assert a1.cooldown_until == clock.now + 12.5
     assert r.pick("m") is None and r.retry_after("m") == 12.5
