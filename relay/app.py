@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
 import os
 import signal
@@ -14,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from . import config_check, tokens, web_admin, web_admin_health, web_api, web_input, web_ops
 from .adapters import adapter_for
@@ -22,10 +20,10 @@ from .auth import KeyCache, config_key_record
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
+from .access_log import AccessLog
 from .bindings_redis import RedisBindings
 from .client_addr import ClientAddress
 from .config import Config, ConfigError
-from .errors import InvalidRequest, NotFound, RelayError, Unauthorized, error_response, render_error
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
 from .health_service import HealthService
@@ -34,8 +32,8 @@ from .ledger import Ledger
 from .metrics import Metrics
 from .limits import LocalLimiter
 from .limits_redis import RedisLimiter
-from .proxy import RATE_LIMIT_HEADERS, Proxy
-from .quiet_log import QuietLog
+from .middleware import errors_middleware, response_headers
+from .proxy import Proxy
 from .router import Router
 from .storage import Storage, make_store
 from .upstream import Upstream
@@ -51,14 +49,6 @@ LEDGER = web.AppKey("ledger", Ledger)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
 HEALTH = web.AppKey("health", HealthService)
-
-_CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Beta, X-Stainless-*, *"
-_CORS_EXPOSE = (
-    "x-request-id, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
-    "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, retry-after"
-)
-_OPS_PATHS = ("/metrics", "/healthz", "/status")
-
 
 def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.Application:
     """`holder` names this process's balance leases in the store (see relay.balances); stable across
@@ -101,7 +91,8 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok, cfg.metrics_token)
 
     app = web.Application(
-        middlewares=[_errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics)], client_max_size=cfg.server.max_body_bytes,
+        middlewares=[errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics, AccessLog(cfg.access_log))],
+        client_max_size=cfg.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
@@ -109,7 +100,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     app[HEALTH] = health
     web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
     web_ops.add_routes(app, ops)
-    app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
+    app.on_response_prepare.append(response_headers(cfg.server.cors_origins))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if isinstance(limiter, RedisLimiter):
@@ -183,100 +174,6 @@ def _share(cfg: Config, router: Router) -> tuple[RedisState, SharedBudgets] | No
     )
     router.shared, router.budgets = state, budgets
     return state, budgets
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# Reasons an auth failure is counted under (a bounded label set: anything else is "other").
-_AUTH_REASONS = frozenset({
-    "missing_api_key", "invalid_api_key", "key_revoked", "key_expired", "ip_not_allowed", "invalid_metrics_token",
-})
-
-
-def _errors_middleware(client: ClientAddress, metrics: Metrics) -> Middleware:
-    # Request ids: a random prefix per process and a counter, so ids are unique across workers and
-    # restarts and grow in order (cheap to index, no system call per request).
-    prefix = "req_" + os.urandom(6).hex()
-    counter = itertools.count()
-    auth_log = QuietLog(logging.getLogger("relay.auth"), 10.0)
-
-    def auth_failed(request: web.Request, e: RelayError) -> None:
-        admin = request.path.startswith("/admin")
-        reason = "admin" if admin else (e.code if e.code in _AUTH_REASONS else "other")
-        metrics.auth_failure(reason)
-        auth_log.warning("refused %s %s from %s: %s", request.method, request.path[:100], request.remote, reason)
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if client:  # behind a trusted reverse proxy: the address it forwards for
-            addr = client.of(request.remote, request.headers)
-            if addr is not None and addr != request.remote:
-                request = request.clone(remote=addr)
-        request[web_api.REQUEST_ID] = f"{prefix}{next(counter):012x}"
-        if request.method == "OPTIONS":  # CORS preflight: answered here, for every path, without a key
-            return await _preflight(request)
-        try:
-            return await handler(request)
-        except RelayError as e:
-            if isinstance(e, Unauthorized) or e.code == "ip_not_allowed":
-                auth_failed(request, e)
-            return render_error(e, request.get(web_api.DIALECT, "openai"))
-        except web.HTTPNotFound:
-            return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))
-        except web.HTTPMethodNotAllowed as e:
-            allowed = ", ".join(sorted(e.allowed_methods))
-            return error_response(
-                InvalidRequest(
-                    f"{request.method} is not allowed on {request.path}.", status=405, code="method_not_allowed",
-                    headers={"Allow": allowed},
-                )
-            )
-        except (web.HTTPException, asyncio.CancelledError):
-            raise
-        except Exception as e:  # noqa: BLE001 - the one place an unexpected error becomes a 500
-            log.error("unhandled %s on %s %s", type(e).__name__, request.method, request.path, exc_info=e)
-            return render_error(RelayError("The relay failed to handle the request."), request.get(web_api.DIALECT, "openai"))
-
-    return middleware
-
-
-async def _preflight(request: web.Request) -> web.Response:
-    if request.path.startswith("/admin") or "Origin" not in request.headers:
-        return error_response(InvalidRequest(f"OPTIONS is not allowed on {request.path}.", status=405, code="method_not_allowed"))
-    return web.Response(
-        status=204,
-        headers={
-            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", _CORS_ALLOW_HEADERS),
-            "Access-Control-Max-Age": "86400",
-        },
-    )
-
-
-def _response_headers(origins: tuple[str, ...]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    allow_any = "*" in origins
-
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        rid = request.get(web_api.REQUEST_ID)
-        if rid:
-            response.headers["x-request-id"] = rid
-        limits = request.get(RATE_LIMIT_HEADERS)
-        if limits:
-            response.headers.update(limits)
-        origin = request.headers.get("Origin")
-        if not origin or request.path.startswith("/admin") or request.path in _OPS_PATHS:
-            return
-        if allow_any:
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        elif origin in origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-        else:
-            return
-        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
-
-    return on_prepare
 
 
 # -- serving ------------------------------------------------------------------------------------------------

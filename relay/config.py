@@ -169,6 +169,7 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     log_level: str = "info"
+    access_log: str = "text"  # text | json | off: one line per request (relay.access_log)
     skipped_channels: tuple[str, ...] = ()  # channels left out because their keys are unset
 
 
@@ -191,7 +192,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root.mapping()
     root.allow(
         "server", "admin_token", "metrics_token", "database", "channels", "client_keys", "prices", "billing", "limits",
-        "timeouts", "retry", "routing", "ledger", "log_level", "health",
+        "timeouts", "retry", "routing", "ledger", "log_level", "health", "access_log",
     )
     server = root.child("server")
     srv = ServerConfig(
@@ -268,6 +269,9 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     scheme = database.split("://", 1)[0] if "://" in database else None
     if scheme is not None and scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"database: a SQLite file or a postgresql:// URL, not a {scheme}:// URL")
+    access_log = root.get_str("access_log", "text").lower()
+    if access_log not in ("text", "json", "off"):
+        raise ConfigError("access_log: must be text, json or off")
     log_level = root.get_str("log_level", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level: must be one of debug, info, warning, error")
@@ -287,6 +291,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         ledger=ledger,
         health=parse_health(root.child("health")),
         log_level=log_level,
+        access_log=access_log,
         skipped_channels=skipped,
     )
 

@@ -17,6 +17,7 @@ import time
 
 from aiohttp import web
 
+from .access_log import ACCESS, AccessNote
 from .adapters import adapter_for
 from .adapters.base import Adapter, StreamHandler
 from .balances import Balances, Reservation
@@ -150,6 +151,7 @@ class Proxy:
         finally:
             self._inflight.discard(task)
             self._record(req, trace)
+            request[ACCESS] = AccessNote(req.key.prefix, req.model, trace.end_reason, trace.ttft)
 
     def _pick(self, req: RelayRequest, tried: set[Account], ep: Endpoint) -> Account | None:
         if req.pin is None:

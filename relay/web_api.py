@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .access_log import ACCESS, AccessNote
 from .auth import KeyResolver, authenticate, check_key, key_allows
 from .bindings import ResponseBindings
 from .config import Config
@@ -60,6 +61,7 @@ class ApiDeps:
 
 def _key(deps: ApiDeps, request: web.Request) -> KeyRecord:
     key = authenticate(deps.keys, request.headers)
+    request[ACCESS] = AccessNote(key.prefix, end_reason="rejected")  # the proxy's note replaces it if relayed
     check_key(key, request.remote, deps.keys.networks_of(key.id))
     return key
 
