@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .config_yaml import ConfigError, Node, expand, read_yaml
 
@@ -31,6 +32,7 @@ __all__ = [
     "ServerConfig",
     "TimeoutConfig",
     "load_config",
+    "mask_proxy",
     "parse_config",
 ]
 
@@ -95,6 +97,10 @@ class ChannelConfig:
     api_version: str | None = None
     responses: bool = True  # openai/azure: the upstream has a Responses API (false: served over chat)
     vendor: str | None = None  # who makes its models, for /v1/models' owned_by (default: from type and base_url)
+    rerank_path: str | None = None  # where the upstream serves rerank: a path after base_url, or a whole URL
+    # An HTTP proxy for this channel's upstream connections (a URL, credentials and all: a secret, never
+    # shown), or "env" for HTTPS_PROXY / HTTP_PROXY / NO_PROXY. None: direct.
+    proxy: str | None = field(default=None, repr=False)
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -102,7 +108,8 @@ class ChannelConfig:
 
 @dataclass(frozen=True, slots=True)
 class PriceConfig:
-    """USD per 1M tokens (input, cached_input, output), per image, per 1M characters, per audio minute."""
+    """USD per 1M tokens (input, cached_input, output), per image, per 1M characters, per audio minute, per
+    request (rerank models often are)."""
 
     input: float = 0.0
     cached_input: float | None = None  # None: the input price
@@ -111,6 +118,7 @@ class PriceConfig:
     images: Mapping[str, float] = field(default_factory=dict)  # "1024x1024" or "1024x1024/hd" -> USD
     characters: float = 0.0
     minute: float = 0.0
+    per_request: float = 0.0
     free: bool = False
 
 
@@ -280,7 +288,7 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         c.mapping()
         c.allow(
             "name", "type", "base_url", "keys", "models", "model_map", "weight", "priority", "rpm", "tpm",
-            "headers", "api_version", "enabled", "responses", "vendor",
+            "headers", "api_version", "enabled", "responses", "vendor", "rerank_path", "proxy",
         )
         name = c.get_str("name")
         if not name:
@@ -322,9 +330,45 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 api_version=c.get_str("api_version", "") or None,
                 responses=c.get_bool("responses", True),
                 vendor=c.get_str("vendor", "") or None,
+                rerank_path=_rerank_path(c),
+                proxy=_proxy(c),
             )
         )
     return tuple(out), tuple(skipped)
+
+
+def _rerank_path(c: Node) -> str | None:
+    path = c.get_str("rerank_path", "")
+    if path and not path.startswith(("/", "http://", "https://")):
+        raise ConfigError(f"{c.path}.rerank_path: a path starting with / (after base_url) or an http(s):// URL")
+    return path or None
+
+
+def _proxy(c: Node) -> str | None:
+    proxy = c.get_str("proxy", "")
+    if not proxy or proxy == "env":
+        return proxy or None
+    try:
+        parts = urlsplit(proxy)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/")
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        # the value is not echoed: it may hold the proxy's password
+        raise ConfigError(f"{c.path}.proxy: must be env or an http://[user:password@]host:port URL")
+    return proxy.rstrip("/")
+
+
+def mask_proxy(proxy: str | None) -> str | None:
+    """A proxy URL as it may be shown: its password (and user) replaced by ***."""
+    if proxy is None or proxy == "env":
+        return proxy
+    parts = urlsplit(proxy)
+    if parts.username is None and parts.password is None:
+        return proxy
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:
@@ -356,7 +400,7 @@ def _prices(node: Node) -> dict[str, PriceConfig]:
     out: dict[str, PriceConfig] = {}
     for model in node.keys():
         p = node.child(model)
-        p.allow("input", "cached_input", "output", "image", "images", "characters", "minute", "free")
+        p.allow("input", "cached_input", "output", "image", "images", "characters", "minute", "per_request", "free")
         im = p.child("images")
         cached = p.mapping().get("cached_input")
         out[model] = PriceConfig(
@@ -367,6 +411,7 @@ def _prices(node: Node) -> dict[str, PriceConfig]:
             images={size: im.get_float(size, 0.0, lo=0) for size in im.keys()},
             characters=p.get_float("characters", 0.0, lo=0),
             minute=p.get_float("minute", 0.0, lo=0),
+            per_request=p.get_float("per_request", 0.0, lo=0),
             free=p.get_bool("free", False),
         )
     return out
