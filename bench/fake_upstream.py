@@ -2,7 +2,8 @@
 
 Endpoints (with and without the ``/v1`` prefix): ``chat/completions``, ``completions``,
 ``embeddings``, ``images/generations`` (+ ``edits``/``variations``), ``audio/speech``,
-``audio/transcriptions``, ``audio/translations``, ``moderations``, ``models``, ``models/{id}``,
+``audio/transcriptions``, ``audio/translations``, ``moderations``, ``rerank`` (Jina's format),
+``models``, ``models/{id}``,
 and the Responses API (``responses`` and its stateful follow-ups: see bench/fake_responses.py).
 Every request needs ``Authorization: Bearer <non-empty>``; errors use OpenAI's error object.
 
@@ -619,6 +620,33 @@ class FakeUpstream:
                                        "text": text, "segments": [seg]}))
         return Reply(orjson.dumps({"text": text, "usage": {"type": "duration", "seconds": 1}}))
 
+    def rerank(self, call: Call) -> Reply:
+        """Jina's rerank: results sorted by relevance (query words found in the document, then the
+        document's place: deterministic), top_n of them, documents returned unless asked not to."""
+        body = call.json()
+        model, query, docs = call.need("model"), call.need("query"), call.need("documents")
+        if not isinstance(docs, list) or not docs:
+            raise ApiError(400, "'documents' must be a non-empty list.", param="documents")
+        texts = [d if isinstance(d, str) else str(d.get("text", "")) if isinstance(d, dict) else "" for d in docs]
+        words = set(str(query).lower().split())
+
+        def score(i: int) -> float:
+            found = words & set(texts[i].lower().split())
+            return round(len(found) / (len(words) or 1) * 0.9 + 0.09 / (i + 1), 6)
+
+        order = sorted(range(len(texts)), key=lambda i: (-score(i), i))
+        top_n = body.get("top_n")
+        if isinstance(top_n, int) and top_n > 0:
+            order = order[:top_n]
+        results: list[dict[str, Any]] = []
+        for i in order:
+            item: dict[str, Any] = {"index": i, "relevance_score": score(i)}
+            if body.get("return_documents", True):
+                item["document"] = {"text": texts[i]}
+            results.append(item)
+        tokens = _tokens(str(query)) + sum(_tokens(t) for t in texts)
+        return Reply(orjson.dumps({"model": model, "usage": {"total_tokens": tokens}, "results": results}))
+
     def moderations(self, call: Call) -> Reply:
         inp = call.need("input")
         count = len(inp) if isinstance(inp, list) and all(isinstance(x, str) for x in inp) else 1
@@ -710,6 +738,7 @@ def build_app(opts: FakeOptions | None = None) -> web.Application:
     app[DISCONNECTS], app[RESPONSES] = fake.disconnects, responses.store
     routes = [("POST", "chat/completions", fake.chat), ("POST", "completions", fake.completions),
               ("POST", "embeddings", fake.embeddings), ("POST", "moderations", fake.moderations),
+              ("POST", "rerank", fake.rerank),
               ("POST", "images/generations", fake.images), ("POST", "images/edits", fake.images),
               ("POST", "images/variations", fake.images), ("POST", "audio/speech", fake.speech),
               ("POST", "audio/transcriptions", fake.transcription),

@@ -71,6 +71,7 @@ def add_routes(app: web.Application, deps: ApiDeps) -> None:
             app.router.add_route(
                 method, f"{prefix}/responses/{{id}}{suffix}", _stored_response_handler(deps, ENDPOINTS[name], suffix)
             )
+    app.router.add_post("/v2/rerank", _relay_handler(deps, ENDPOINTS["rerank"]))  # Cohere's path
     add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request))
     app.router.add_post("/v1/messages", _messages_handler(deps))
 

@@ -111,11 +111,32 @@ def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool, bool]:
             raise InvalidRequest("'messages' must be a non-empty array.", param="messages", code="invalid_type")
         if not all(isinstance(m, dict) for m in messages):
             raise InvalidRequest("Each message must be an object.", param="messages", code="invalid_type")
+    if endpoint == "rerank":
+        validate_rerank(data)
     for name in ("max_tokens", "max_completion_tokens", "n"):
         value = data.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise InvalidRequest(f"'{name}' must be a non-negative integer.", param=name, code="invalid_type")
     return model, stream, wants_usage
+
+
+def validate_rerank(data: dict[str, Any]) -> None:
+    """A rerank body as Jina and Cohere take it: a query, documents (strings or {"text"} objects), top_n."""
+    query = data.get("query")
+    if not isinstance(query, str) or not query:
+        raise InvalidRequest("'query' must be a non-empty string.", param="query", code="invalid_type")
+    docs = data.get("documents")
+    if not isinstance(docs, list) or not docs:
+        raise InvalidRequest("'documents' must be a non-empty array.", param="documents", code="invalid_type")
+    for i, doc in enumerate(docs):
+        if not (isinstance(doc, str) or (isinstance(doc, dict) and isinstance(doc.get("text"), str))):
+            raise InvalidRequest(f"documents[{i}] must be a string or an object with a 'text' string.",
+                                 param="documents", code="invalid_type")
+    top_n = data.get("top_n")
+    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
+        raise InvalidRequest("'top_n' must be a positive integer.", param="top_n", code="invalid_type")
+    if not isinstance(data.get("return_documents", False), bool):
+        raise InvalidRequest("'return_documents' must be a boolean.", param="return_documents", code="invalid_type")
 
 
 async def read_form(request: web.Request, limit: int, timeout: float) -> tuple[FormField, ...]:
