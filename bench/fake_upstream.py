@@ -120,7 +120,8 @@ class Received:
     key: str | None
     at: float
     fields: dict[str, str] = field(default_factory=dict)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # the last file part of each name
+    parts: list[dict[str, Any]] = field(default_factory=list)  # every multipart part, in order
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -195,6 +196,7 @@ class Call:
     files: dict[str, dict[str, Any]]
     request: web.Request
     _json: Any = None
+    parts: list[dict[str, Any]] = field(default_factory=list)  # multipart parts in order (see Received)
 
     def json(self) -> dict[str, Any]:
         """The JSON body (or, for multipart requests, the plain form fields)."""
@@ -326,16 +328,17 @@ class FakeUpstream:
                       build: Callable[[Call], Reply]) -> web.StreamResponse:
         fields: dict[str, str] = {}
         files: dict[str, dict[str, Any]] = {}
+        parts: list[dict[str, Any]] = []
         multipart = request.content_type.startswith("multipart/")
         if multipart:
-            await self._read_multipart(request, fields, files)
+            await self._read_multipart(request, fields, files, parts)
             body = orjson.dumps({"fields": fields, "files": files})
         else:
             body = await request.read()
         if self.opts.record:
             self.records.append(Received(request.method, request.path, request.query_string,
                                          CIMultiDict(request.headers), body, key,
-                                         asyncio.get_running_loop().time(), fields, files))
+                                         asyncio.get_running_loop().time(), fields, files, parts))
         if key is None:
             return _error(ApiError(401, "You didn't provide an API key. You need to provide your "
                                    "API key in an Authorization header using Bearer auth."))
@@ -358,7 +361,7 @@ class FakeUpstream:
         if opts.fail_rate > 0 and self.rng.random() < opts.fail_rate:
             return _error(ApiError(opts.fail_status, _ERR_MESSAGES.get(opts.fail_status, "Error.")))
         try:
-            reply = build(Call(key, body, fields, files, request, fields if multipart else None))
+            reply = build(Call(key, body, fields, files, request, fields if multipart else None, parts))
         except ApiError as exc:
             return _error(exc)
         if reply.pieces is None and action is None:
@@ -374,13 +377,15 @@ class FakeUpstream:
         return Action(action) if isinstance(action, str) else action
 
     async def _read_multipart(self, request: web.Request, fields: dict[str, str],
-                              files: dict[str, dict[str, Any]]) -> None:
+                              files: dict[str, dict[str, Any]], parts: list[dict[str, Any]]) -> None:
+        """Fields as text; file parts hashed as they stream in (never held whole)."""
         reader = await request.multipart()
         async for part in reader:
             if not isinstance(part, BodyPartReader) or not part.name:
                 continue
             if part.filename is None:
                 fields[part.name] = await part.text()
+                parts.append({"name": part.name, "value": fields[part.name]})
                 continue
             digest, size = hashlib.sha256(), 0
             while chunk := await part.read_chunk(65536):
@@ -389,6 +394,7 @@ class FakeUpstream:
             files[part.name] = {"filename": part.filename, "size": size,
                                 "content_type": part.headers.get("Content-Type"),
                                 "sha256": digest.hexdigest()}
+            parts.append({"name": part.name, **files[part.name]})
 
     async def _until_gone(self, request: web.Request, key: str | None) -> None:
         """Sleep until the client closes the connection, then record the disconnect."""
@@ -570,8 +576,15 @@ class FakeUpstream:
 
     def images(self, call: Call) -> Reply:
         body = call.json()
-        if call.request.path.endswith("generations"):
+        path = call.request.path
+        if path.endswith(("generations", "edits")):
             call.need("prompt")
+        if not path.endswith("generations"):
+            images = [p for p in call.parts if p["name"] in ("image", "image[]") and "sha256" in p]
+            if not images:
+                raise _missing("image")
+            if path.endswith("variations") and len(images) > 1:
+                raise ApiError(400, "Only one image may be given for variations.", param="image")
         model = str(body.get("model") or "dall-e-2")
         n = int(body.get("n") or 1)
         gpt_image = model.startswith("gpt-image")

@@ -24,7 +24,7 @@ from .ledger import Ledger
 from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
-from .web_input import close_form, parse_json, read_body, read_form, validate, validate_messages
+from .web_input import close_form, image_form, parse_json, read_body, read_form, validate, validate_messages
 from .web_models import add_model_routes
 
 __all__ = ["DIALECT", "REQUEST_ID", "ApiDeps", "add_routes"]
@@ -81,6 +81,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _relay_handler(deps: ApiDeps, ep: Endpoint) -> Handler:
     is_form = ep.body == "form"
+    file_param = "image" if ep.images else "file"  # the upload's file field, named in errors
     endpoint = ep.name
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -94,13 +95,16 @@ def _relay_handler(deps: ApiDeps, ep: Endpoint) -> Handler:
         try:
             data: dict[str, Any] | None
             if is_form and request.content_type == "multipart/form-data":
-                form = await read_form(request, deps.cfg.server.max_upload_bytes, deps.cfg.server.read_timeout)
+                form = await read_form(request, deps.cfg.server.max_upload_bytes, deps.cfg.server.read_timeout,
+                                       file_param)
                 fields = {f.name: f.value for f in form if f.spool is None}
                 model = fields.get("model", b"").decode("utf-8", "replace")
                 stream = fields.get("stream", b"").lower() == b"true"
                 body, data, wants_usage = b"", None, False
+                if ep.images:  # edits, variations: billed and limited by the images asked for
+                    form, model, data = image_form(endpoint, form)
             elif is_form:
-                raise InvalidRequest("This endpoint takes a multipart/form-data upload.", param="file")
+                raise InvalidRequest("This endpoint takes a multipart/form-data upload.", param=file_param)
             else:
                 body = await read_body(request, deps.cfg.server.max_body_bytes, deps.cfg.server.read_timeout)
                 data = parse_json(body)

@@ -18,7 +18,10 @@ from aiohttp import BodyPartReader, web
 from .errors import InvalidRequest, PayloadTooLarge, RelayError
 from .types import FormField
 
-__all__ = ["close_form", "parse_json", "read_body", "read_form", "validate", "validate_messages"]
+__all__ = [
+    "DEFAULT_IMAGE_MODEL", "close_form", "image_form", "parse_json", "read_body", "read_form", "validate",
+    "validate_messages", "validate_rerank",
+]
 
 _MAX_FORM_FIELD = 64 * 1024  # a non-file multipart field (model, prompt, language...)
 _SPOOL_IN_MEMORY = 1024 * 1024  # an upload is kept in memory up to this, then on disk
@@ -139,7 +142,9 @@ def validate_rerank(data: dict[str, Any]) -> None:
         raise InvalidRequest("'return_documents' must be a boolean.", param="return_documents", code="invalid_type")
 
 
-async def read_form(request: web.Request, limit: int, timeout: float) -> tuple[FormField, ...]:
+async def read_form(
+    request: web.Request, limit: int, timeout: float, file_param: str = "file"
+) -> tuple[FormField, ...]:
     """Read a multipart upload: small fields in memory, file parts spooled (to disk past 1 MiB)."""
     length = request.content_length
     if length is not None and length > limit:
@@ -177,8 +182,45 @@ async def read_form(request: web.Request, limit: int, timeout: float) -> tuple[F
         raise
     if not any(f.spool is not None for f in fields):
         close_form(fields)
-        raise InvalidRequest("The upload has no file part.", param="file", code="missing_required_parameter")
+        raise InvalidRequest("The upload has no file part.", param=file_param, code="missing_required_parameter")
     return tuple(fields)
+
+
+# OpenAI's limits: up to 16 input images for an edit, one for a variation, n from 1 to 10.
+_MAX_EDIT_IMAGES = 16
+_MAX_N = 10
+# The API's default model for edits and variations when the form names none.
+DEFAULT_IMAGE_MODEL = "dall-e-2"
+
+
+def image_form(endpoint: str, form: tuple[FormField, ...]) -> tuple[tuple[FormField, ...], str, dict[str, Any]]:
+    """Check an image edit or variation upload: its image parts (`image`, or `image[]` repeated), at most one
+    mask, a prompt for edits, `n`. Returns the form (with the default model made explicit when it named
+    none, so the channel's model_map applies), the model, and the text fields billing and limits read."""
+    params: dict[str, Any] = {f.name: f.value.decode("utf-8", "replace") for f in form if f.filename is None}
+    images = sum(1 for f in form if f.filename is not None and f.name in ("image", "image[]"))
+    most = 1 if endpoint == "images/variations" else _MAX_EDIT_IMAGES
+    if not images:
+        raise InvalidRequest("The upload has no 'image' file part.", param="image", code="missing_required_parameter")
+    if images > most:
+        raise InvalidRequest(f"At most {most} image(s) may be given to /v1/{endpoint}.", param="image")
+    if sum(1 for f in form if f.name == "mask") > 1:
+        raise InvalidRequest("At most one 'mask' may be given.", param="mask")
+    if endpoint == "images/edits" and not params.get("prompt"):
+        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+    if "n" in params:
+        try:
+            n = int(params["n"])
+        except ValueError:
+            n = 0
+        if not 1 <= n <= _MAX_N:
+            raise InvalidRequest(f"'n' must be an integer from 1 to {_MAX_N}.", param="n", code="invalid_type")
+        params["n"] = n
+    model = params.get("model") or ""
+    if not model:
+        model = params["model"] = DEFAULT_IMAGE_MODEL
+        form = (*(f for f in form if f.name != "model"), FormField("model", model.encode()))
+    return form, model, params
 
 
 def close_form(fields: list[FormField]) -> None:
