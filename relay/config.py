@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .config_yaml import ConfigError, Node, expand, read_yaml
+from .egress import mask_proxy, valid_proxy
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -346,29 +346,10 @@ def _rerank_path(c: Node) -> str | None:
 
 def _proxy(c: Node) -> str | None:
     proxy = c.get_str("proxy", "")
-    if not proxy or proxy == "env":
-        return proxy or None
-    try:
-        parts = urlsplit(proxy)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/")
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        ok = False
-    if not ok:
+    if proxy and not valid_proxy(proxy):
         # the value is not echoed: it may hold the proxy's password
         raise ConfigError(f"{c.path}.proxy: must be env or an http://[user:password@]host:port URL")
-    return proxy.rstrip("/")
-
-
-def mask_proxy(proxy: str | None) -> str | None:
-    """A proxy URL as it may be shown: its password (and user) replaced by ***."""
-    if proxy is None or proxy == "env":
-        return proxy
-    parts = urlsplit(proxy)
-    if parts.username is None and parts.password is None:
-        return proxy
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return proxy.rstrip("/") or None
 
 
 def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:

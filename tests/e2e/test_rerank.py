@@ -62,6 +62,9 @@ async def test_rerank_through_the_openai_sdk_and_httpx_billed_and_recorded(
             assert r.status_code == 200, r.text
             assert all("document" not in x for x in r.json()["results"]) and len(r.json()["results"]) == 3
             assert upstream.records[-1].json()["model"] == "bge-reranker-v2-m3"  # model_map applies
+        r = await http.get(relay.v1 + "/models", headers=auth(CLIENT_KEY))
+        types = {m["id"]: m["supported_endpoint_types"] for m in r.json()["data"]}
+        assert types == {"jina-reranker-v2": ["rerank"], "rerank-fixed": ["rerank"]}
     rows = await wait_ledger(relay.database, 3)
     assert [(r["endpoint"], r["model"], r["status"]) for r in rows] == [
         ("rerank", "jina-reranker-v2", 200), ("rerank", "rerank-fixed", 200), ("rerank", "rerank-fixed", 200),
