@@ -67,7 +67,7 @@ ENDPOINTS: Mapping[str, Endpoint] = _table(
     Endpoint("audio/speech", _OPENAI_ONLY, pricing="speech", label="audio-speech"),
     Endpoint("audio/transcriptions", _OPENAI_ONLY, body="form", pricing="upload", label="audio-transcription"),
     Endpoint("audio/translations", _OPENAI_ONLY, body="form", pricing="upload", label="audio-translation"),
-    Endpoint("rerank", {"openai": "native"}, label="rerank"),
+    Endpoint("rerank", {"openai": "native"}, label="jina-rerank"),  # new-api's and Cherry Studio's name
     Endpoint(
         "messages", {"anthropic": "native", "openai": "chat", "azure": "chat"}, dialect="anthropic",
         output_fields=("max_tokens",), label="anthropic",

@@ -64,7 +64,7 @@ async def test_rerank_through_the_openai_sdk_and_httpx_billed_and_recorded(
             assert upstream.records[-1].json()["model"] == "bge-reranker-v2-m3"  # model_map applies
         r = await http.get(relay.v1 + "/models", headers=auth(CLIENT_KEY))
         types = {m["id"]: m["supported_endpoint_types"] for m in r.json()["data"]}
-        assert types == {"jina-reranker-v2": ["rerank"], "rerank-fixed": ["rerank"]}
+        assert types == {"jina-reranker-v2": ["jina-rerank"], "rerank-fixed": ["jina-rerank"]}
     rows = await wait_ledger(relay.database, 3)
     assert [(r["endpoint"], r["model"], r["status"]) for r in rows] == [
         ("rerank", "jina-reranker-v2", 200), ("rerank", "rerank-fixed", 200), ("rerank", "rerank-fixed", 200),
