@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import config_check, tokens, web_admin, web_admin_health, web_api, web_input, web_ops
+from . import config_check, tokens, web_admin, web_admin_health, web_api, web_billing, web_input, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .balances import Balances
@@ -100,6 +100,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     app[HEALTH] = health
     web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
     web_ops.add_routes(app, ops)
+    web_billing.add_routes(app, web_billing.BillingDeps(keys, store))
     app.on_response_prepare.append(response_headers(cfg.server.cors_origins))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

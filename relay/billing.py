@@ -77,6 +77,8 @@ class Pricing:
         ep = ENDPOINTS.get(req.endpoint)
         if price.free or (ep is not None and ep.pricing == "none"):
             return 0.0
+        if price.per_request:
+            return price.per_request
         body: Mapping[str, Any] = req.json or {}
         pricing = ep.pricing if ep is not None else "tokens"
         if pricing == "images":

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config_health import HealthConfig, parse_health
 from .config_yaml import ConfigError, Node, expand, read_yaml
+from .egress import mask_proxy, valid_proxy
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -34,6 +35,7 @@ __all__ = [
     "ServerConfig",
     "TimeoutConfig",
     "load_config",
+    "mask_proxy",
     "parse_config",
 ]
 
@@ -105,6 +107,10 @@ class ChannelConfig:
     responses: bool = True  # openai/azure: the upstream has a Responses API (false: served over chat)
     vendor: str | None = None  # who makes its models, for /v1/models' owned_by (default: from type and base_url)
     test_model: str = ""  # the public model health probes ask for (default: its first model)
+    rerank_path: str | None = None  # where the upstream serves rerank: a path after base_url, or a whole URL
+    # An HTTP proxy for this channel's upstream connections (a URL, credentials and all: a secret, never
+    # shown), or "env" for HTTPS_PROXY / HTTP_PROXY / NO_PROXY. None: direct.
+    proxy: str | None = field(default=None, repr=False)
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -112,7 +118,8 @@ class ChannelConfig:
 
 @dataclass(frozen=True, slots=True)
 class PriceConfig:
-    """USD per 1M tokens (input, cached_input, output), per image, per 1M characters, per audio minute."""
+    """USD per 1M tokens (input, cached_input, output), per image, per 1M characters, per audio minute, per
+    request (rerank models often are)."""
 
     input: float = 0.0
     cached_input: float | None = None  # None: the input price
@@ -121,6 +128,7 @@ class PriceConfig:
     images: Mapping[str, float] = field(default_factory=dict)  # "1024x1024" or "1024x1024/hd" -> USD
     characters: float = 0.0
     minute: float = 0.0
+    per_request: float = 0.0
     free: bool = False
 
 
@@ -304,7 +312,7 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         c.mapping()
         c.allow(
             "name", "type", "base_url", "keys", "models", "model_map", "weight", "priority", "rpm", "tpm",
-            "headers", "api_version", "enabled", "responses", "vendor", "test_model",
+            "headers", "api_version", "enabled", "responses", "vendor", "test_model", "rerank_path", "proxy",
         )
         name = c.get_str("name")
         if not name:
@@ -347,6 +355,8 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 responses=c.get_bool("responses", True),
                 vendor=c.get_str("vendor", "") or None,
                 test_model=c.get_str("test_model", "") or models[0],
+                rerank_path=_rerank_path(c),
+                proxy=_proxy(c),
             )
         )
     return tuple(out), tuple(skipped)
@@ -370,6 +380,21 @@ def _cidrs(node: Node, key: str) -> tuple[str, ...]:
         except ValueError:
             raise ConfigError(f"{node.path}.{key}[{i}]: not an IP address or CIDR block: {text!r}") from None
     return tuple(out)
+
+
+def _rerank_path(c: Node) -> str | None:
+    path = c.get_str("rerank_path", "")
+    if path and not path.startswith(("/", "http://", "https://")):
+        raise ConfigError(f"{c.path}.rerank_path: a path starting with / (after base_url) or an http(s):// URL")
+    return path or None
+
+
+def _proxy(c: Node) -> str | None:
+    proxy = c.get_str("proxy", "")
+    if proxy and not valid_proxy(proxy):
+        # the value is not echoed: it may hold the proxy's password
+        raise ConfigError(f"{c.path}.proxy: must be env or an http://[user:password@]host:port URL")
+    return proxy.rstrip("/") or None
 
 
 def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:
@@ -402,7 +427,7 @@ def _prices(node: Node) -> dict[str, PriceConfig]:
     out: dict[str, PriceConfig] = {}
     for model in node.keys():
         p = node.child(model)
-        p.allow("input", "cached_input", "output", "image", "images", "characters", "minute", "free")
+        p.allow("input", "cached_input", "output", "image", "images", "characters", "minute", "per_request", "free")
         im = p.child("images")
         cached = p.mapping().get("cached_input")
         out[model] = PriceConfig(
@@ -413,6 +438,7 @@ def _prices(node: Node) -> dict[str, PriceConfig]:
             images={size: im.get_float(size, 0.0, lo=0) for size in im.keys()},
             characters=p.get_float("characters", 0.0, lo=0),
             minute=p.get_float("minute", 0.0, lo=0),
+            per_request=p.get_float("per_request", 0.0, lo=0),
             free=p.get_bool("free", False),
         )
     return out

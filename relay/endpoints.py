@@ -61,9 +61,13 @@ ENDPOINTS: Mapping[str, Endpoint] = _table(
     Endpoint("embeddings", {**_OPENAI_ONLY, "gemini": "native"}, label="embeddings"),
     Endpoint("moderations", _OPENAI_ONLY, label="moderations"),
     Endpoint("images/generations", _OPENAI_ONLY, pricing="images", images=True, label="image-generation"),
+    Endpoint("images/edits", _OPENAI_ONLY, body="form", pricing="images", images=True, label="image-generation"),
+    Endpoint("images/variations", {"openai": "native"}, body="form", pricing="images", images=True,
+             label="image-generation"),
     Endpoint("audio/speech", _OPENAI_ONLY, pricing="speech", label="audio-speech"),
     Endpoint("audio/transcriptions", _OPENAI_ONLY, body="form", pricing="upload", label="audio-transcription"),
     Endpoint("audio/translations", _OPENAI_ONLY, body="form", pricing="upload", label="audio-translation"),
+    Endpoint("rerank", {"openai": "native"}, label="jina-rerank"),  # new-api's and Cherry Studio's name
     Endpoint(
         "messages", {"anthropic": "native", "openai": "chat", "azure": "chat"}, dialect="anthropic",
         output_fields=("max_tokens",), label="anthropic",

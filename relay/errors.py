@@ -126,6 +126,9 @@ class UpstreamFailure(Exception):
     """
 
     RETRYABLE = frozenset({"connect", "timeout", "server", "rate_limited", "auth", "quota"})
+    # True when the failure is the channel's, not the account's (its egress proxy failed): the channel's
+    # other accounts would fail the same way, so failover moves to another channel.
+    channel_wide = False
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from .metrics import Metrics
 from .redact import redact
 from .router import Account, Router
 from .sse import EventTooLarge
-from .types import KeyRecord, RelayRequest, Usage, UsageRecord
+from .types import KeyRecord, RelayRequest, Usage, UsageRecord, with_egress
 from .upstream import READ_ERRORS, Upstream, UpstreamResponse
 from .usage import estimate_prompt_tokens, usage_when_missing
 
@@ -216,6 +216,8 @@ class Proxy:
                     body = redact(f.body, self._router.keys(), account.key)  # it may quote a key
                     return web.Response(status=f.status, body=body, headers={"Content-Type": f.content_type})
                 log.info("attempt %d on %s failed: %s", attempt + 1, account.label, f.reason)
+                if f.channel_wide:  # its egress proxy failed: the channel's other accounts go through it too
+                    tried.update(a for a in self._router.accounts if a.channel is account.channel)
                 last = f
         raise self._exhausted(req, last)
 
@@ -242,7 +244,7 @@ class Proxy:
         self, request: web.Request, req: RelayRequest, trace: _Trace, adapter: Adapter, account: Account
     ) -> web.StreamResponse:
         target = self._router.target(account, req.model)
-        ureq = adapter.build_request(req, target)
+        ureq = with_egress(adapter.build_request(req, target), target)
         resp = await self._upstream.open(ureq, stream=req.stream)
         if resp.status >= 400:
             body = await self._upstream.read_error(resp)

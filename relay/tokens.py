@@ -130,6 +130,11 @@ def _prompt(endpoint: str, body: Mapping[str, Any], model: str) -> int:
         return _inputs(body.get("input"), model)
     if endpoint == "moderations":
         return _moderation(body.get("input"), model)
+    if endpoint == "rerank":
+        docs = body.get("documents") or ()
+        return _text(body.get("query"), model) + sum(
+            _text(d.get("text") if isinstance(d, Mapping) else d, model) for d in docs
+        )
     if endpoint.startswith("images/"):
         return _text(body.get("prompt"), model)
     if endpoint == "audio/speech":

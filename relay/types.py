@@ -19,6 +19,7 @@ __all__ = [
     "UpstreamRequest",
     "Usage",
     "UsageRecord",
+    "with_egress",
 ]
 
 # A body that streams (multipart uploads): called once per attempt, so failover can replay it.
@@ -113,6 +114,8 @@ class Target:
     upstream_model: str
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     api_version: str | None = None  # azure: the channel's api-version
+    rerank_path: str | None = None  # the channel's rerank_path (a path after base_url, or a whole URL)
+    proxy: str | None = field(default=None, repr=False)  # the channel's egress proxy (a secret) or "env"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,15 @@ class UpstreamRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes | BodyFactory | None
+    proxy: str | None = field(default=None, repr=False)  # an HTTP proxy URL (a secret) or "env"; None: direct
+
+
+def with_egress(ureq: UpstreamRequest, target: Target) -> UpstreamRequest:
+    """The request to send, through the target channel's egress proxy when it has one (adapters build
+    requests without it: where the connection goes is the channel's business, not the dialect's)."""
+    if target.proxy is None or ureq.proxy == target.proxy:
+        return ureq
+    return UpstreamRequest(ureq.method, ureq.url, ureq.headers, ureq.body, target.proxy)
 
 
 @dataclass(slots=True)

@@ -26,7 +26,8 @@ from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
 from .web_input import (
-    MAX_MODEL_CHARS, check_model_name, close_form, parse_json, read_body, read_form, validate, validate_messages,
+    MAX_MODEL_CHARS, check_model_name, close_form, image_form, parse_json, read_body, read_form, validate,
+    validate_messages,
 )
 from .web_models import add_model_routes
 
@@ -75,6 +76,7 @@ def add_routes(app: web.Application, deps: ApiDeps) -> None:
             app.router.add_route(
                 method, f"{prefix}/responses/{{id}}{suffix}", _stored_response_handler(deps, ENDPOINTS[name], suffix)
             )
+    app.router.add_post("/v2/rerank", _relay_handler(deps, ENDPOINTS["rerank"]))  # Cohere's path
     add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request))
     app.router.add_post("/v1/messages", _messages_handler(deps))
 
@@ -84,6 +86,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _relay_handler(deps: ApiDeps, ep: Endpoint) -> Handler:
     is_form = ep.body == "form"
+    file_param = "image" if ep.images else "file"  # the upload's file field, named in errors
     endpoint = ep.name
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -97,14 +100,17 @@ def _relay_handler(deps: ApiDeps, ep: Endpoint) -> Handler:
         try:
             data: dict[str, Any] | None
             if is_form and request.content_type == "multipart/form-data":
-                form = await read_form(request, deps.cfg.server.max_upload_bytes, deps.cfg.server.read_timeout)
+                form = await read_form(request, deps.cfg.server.max_upload_bytes, deps.cfg.server.read_timeout,
+                                       file_param)
                 fields = {f.name: f.value for f in form if f.spool is None}
                 model = fields.get("model", b"").decode("utf-8", "replace")[: MAX_MODEL_CHARS + 1]
                 check_model_name(model)
                 stream = fields.get("stream", b"").lower() == b"true"
                 body, data, wants_usage = b"", None, False
+                if ep.images:  # edits, variations: billed and limited by the images asked for
+                    form, model, data = image_form(endpoint, form)
             elif is_form:
-                raise InvalidRequest("This endpoint takes a multipart/form-data upload.", param="file")
+                raise InvalidRequest("This endpoint takes a multipart/form-data upload.", param=file_param)
             else:
                 body = await read_body(request, deps.cfg.server.max_body_bytes, deps.cfg.server.read_timeout)
                 data = parse_json(body)

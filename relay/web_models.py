@@ -39,7 +39,8 @@ _HOST_VENDORS = {
 _KIND = {
     "chat/completions": "chat", "completions": "chat", "messages": "chat", "responses": "chat",
     "embeddings": "embedding", "moderations": "moderation", "images/generations": "image", "audio/speech": "speech",
-    "audio/transcriptions": "transcription", "audio/translations": "transcription",
+    "audio/transcriptions": "transcription", "audio/translations": "transcription", "rerank": "rerank",
+    "images/edits": "image", "images/variations": "image",
 }
 
 
@@ -62,6 +63,8 @@ def _kind(price: PriceConfig | None) -> str:
         return "speech"
     if price.minute:
         return "transcription"
+    if price.per_request:
+        return "rerank"
     if price.input and not price.output:
         return "embedding"
     return "chat"
@@ -90,7 +93,7 @@ def add_model_routes(
 
 
 def _object(model: str, channels: list[ChannelConfig], price: PriceConfig | None) -> dict[str, Any]:
-    kind = _kind(price)
+    kind = "rerank" if "rerank" in model.lower() else _kind(price)  # bge-reranker, jina-reranker, rerank-v3.5
     types: list[str] = []
     for ep in ENDPOINTS.values():
         if ep.family != ep.name or _KIND.get(ep.name) != kind or ep.label in types:

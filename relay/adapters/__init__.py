@@ -17,6 +17,7 @@ from .base import Adapter, StreamHandler
 from .gemini import GeminiAdapter
 from .messages_openai import MessagesOverChat
 from .openai import OpenAIAdapter
+from .rerank import RerankAdapter
 from .responses_chat import ResponsesOverChat
 from .responses_native import AzureResponsesNative, ResponsesNative
 
@@ -31,6 +32,7 @@ _NATIVE: dict[tuple[str, str], Adapter] = {
     ("anthropic", "messages"): AnthropicNative(),
     ("openai", "responses"): ResponsesNative(),
     ("azure", "responses"): AzureResponsesNative(),
+    ("openai", "rerank"): RerankAdapter(),
 }
 # Endpoint families translated onto a channel's chat/completions.
 _OVER_CHAT: dict[str, Callable[[Adapter], Adapter]] = {"messages": MessagesOverChat, "responses": ResponsesOverChat}

@@ -321,3 +321,15 @@ async def test_write_usage_pays_from_the_holders_lease(store: Storage) -> None:
     await store.write_usage([row(6, cost_usd=1.0)])
     assert await store.leased("key_1") == 3.0 + 1.0
     assert (await store.get_key("key_1")).spent_usd == 3.0  # type: ignore[union-attr]
+
+
+async def test_spent_between_sums_one_key_in_a_half_open_window(store: Storage) -> None:
+    rows = [
+        row(1, ts=T0 - 1, cost_usd=4.0), row(2, ts=T0, cost_usd=0.5), row(3, ts=T0 + DAY - 1, cost_usd=0.25),
+        row(4, ts=T0 + DAY, cost_usd=8.0), row(5, ts=T0 + 5, key_id="key_2", cost_usd=16.0),
+    ]
+    assert await store.write_usage(rows) == 0
+    assert await store.spent_between("key_1", T0, T0 + DAY) == 0.75
+    assert await store.spent_between("key_1", T0 - DAY, T0 + 2 * DAY) == 12.75
+    assert await store.spent_between("key_2", T0, T0 + DAY) == 16.0
+    assert await store.spent_between("nobody", T0, T0 + DAY) == 0.0
