@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import tokens, web_admin, web_api, web_ops
+from . import tokens, web_admin, web_api, web_gemini, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .balances import Balances
@@ -96,7 +96,9 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
-    web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
+    api = web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings)
+    web_api.add_routes(app, api, web_gemini.google_models(api))
+    web_gemini.add_gemini_routes(app, api)
     web_ops.add_routes(app, ops)
     app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
 

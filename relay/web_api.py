@@ -25,7 +25,7 @@ from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
 from .web_input import close_form, parse_json, read_body, read_form, validate, validate_messages
-from .web_models import add_model_routes
+from .web_models import Alternate, add_model_routes
 
 __all__ = ["DIALECT", "REQUEST_ID", "ApiDeps", "add_routes"]
 
@@ -62,7 +62,7 @@ def _key(deps: ApiDeps, request: web.Request) -> KeyRecord:
     return key
 
 
-def add_routes(app: web.Application, deps: ApiDeps) -> None:
+def add_routes(app: web.Application, deps: ApiDeps, models_alternate: Alternate | None = None) -> None:
     for prefix in ("/v1", ""):
         for ep in ENDPOINTS.values():
             if ep.dialect == "openai" and ep.family == ep.name:
@@ -71,7 +71,7 @@ def add_routes(app: web.Application, deps: ApiDeps) -> None:
             app.router.add_route(
                 method, f"{prefix}/responses/{{id}}{suffix}", _stored_response_handler(deps, ENDPOINTS[name], suffix)
             )
-    add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request))
+    add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request), models_alternate)
     app.router.add_post("/v1/messages", _messages_handler(deps))
 
 

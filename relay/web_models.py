@@ -11,7 +11,7 @@ of the "NewAPI" kind read to decide how to call a model (Cherry Studio, LobeChat
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -67,17 +67,27 @@ def _kind(price: PriceConfig | None) -> str:
     return "chat"
 
 
+# Another dialect's answer on the same paths, or None: Gemini clients list models at GET /v1/models too,
+# with their own key header (relay.web_gemini).
+Alternate = Callable[[web.Request], Awaitable[web.StreamResponse] | None]
+
+
 def add_model_routes(
     app: web.Application, router: Router, cfg: Config, authenticate: Callable[[web.Request], KeyRecord],
+    alternate: Alternate | None = None,
 ) -> None:
     objects = {m: _object(m, router.channels_of(m), cfg.prices.get(m)) for m in router.models()}
 
     async def list_(request: web.Request) -> web.StreamResponse:
+        if alternate is not None and (other := alternate(request)) is not None:
+            return await other
         key = authenticate(request)
         data = [obj for m, obj in objects.items() if key_allows(key, m)]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
     async def one(request: web.Request) -> web.StreamResponse:
+        if alternate is not None and (other := alternate(request)) is not None:
+            return await other
         key = authenticate(request)
         model = request.match_info["model"]
         if model not in objects or not key_allows(key, model):
