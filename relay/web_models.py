@@ -40,6 +40,7 @@ _KIND = {
     "chat/completions": "chat", "completions": "chat", "messages": "chat", "responses": "chat",
     "embeddings": "embedding", "moderations": "moderation", "images/generations": "image", "audio/speech": "speech",
     "audio/transcriptions": "transcription", "audio/translations": "transcription",
+    "gemini/generateContent": "chat", "gemini/embedContent": "embedding",
 }
 
 
@@ -103,7 +104,7 @@ def _object(model: str, channels: list[ChannelConfig], price: PriceConfig | None
     kind = _kind(price)
     types: list[str] = []
     for ep in ENDPOINTS.values():
-        if ep.family != ep.name or _KIND.get(ep.name) != kind or ep.label in types:
+        if _KIND.get(ep.name) != kind or ep.label in types:  # calls on a stored response have no kind
             continue
         if any(mode_for(ep, ch) is not None for ch in channels):
             types.append(ep.label)
