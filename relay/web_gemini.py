@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from aiohttp import web
 
-from .adapters.gemini_request import to_chat_request
+from .adapters.gemini_request import camel_keys, to_chat_request
 from .auth import authenticate, check_key, extract_google_key, key_allows
 from .endpoints import ENDPOINTS, Endpoint
 from .errors import InvalidRequest, NotFound, PermissionDenied, RelayError, UpstreamUnavailable
@@ -106,7 +106,7 @@ def _action_handler(deps: ApiDeps) -> Handler:
             raise UpstreamUnavailable("The relay is overloaded; retry shortly.", code="relay_overloaded")
         try:
             body = await read_body(request, deps.cfg.server.max_body_bytes, deps.cfg.server.read_timeout)
-            data = parse_json(body)
+            data = camel_keys(parse_json(body))  # Google's JSON takes snake_case names too
             _validate(method, data)
             local = _check_model(deps, key, model, ep, method)
         except RelayError as e:
@@ -142,7 +142,8 @@ def _validate(method: str, data: dict[str, Any]) -> None:
         raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified")
     for i, c in enumerate(contents):
         if not isinstance(c, dict) or not isinstance(c.get("parts", []), list):
-            raise InvalidRequest(f"Invalid value at 'contents[{i}]': a Content object with a 'parts' array is required.")
+            raise InvalidRequest(
+                f"Invalid value at 'contents[{i}]': a Content object with a 'parts' array is required.")
     config = data.get("generationConfig")
     if config is not None and not isinstance(config, dict):
         raise InvalidRequest("Invalid value at 'generation_config': a GenerationConfig object is required.")

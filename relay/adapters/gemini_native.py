@@ -6,11 +6,12 @@ token-count requests); the channel's key goes in `x-goog-api-key`. The client's 
 without its `key` (the relay's own client key, which never goes upstream).
 
 Streams are always asked of the upstream with `alt=sse` and forwarded event by event as they arrive. No
-event is parsed on the way: Gemini repeats `usageMetadata` in every event, so the last event that holds
-one is kept (a reference) and parsed once, when the usage is asked for; only an event that holds a
-`finishReason` (one per candidate, at the end) is parsed, to tell a clean end (every candidate asked for
-finished, the rule the chat translation in gemini.py uses) from a cut stream. A client that asked without
-`alt=sse` gets Google's other stream format, one JSON array written element by element
+event is parsed on the way: Gemini repeats `usageMetadata` in every event, so the last run of events that
+holds one is kept (a reference) and its last such event parsed once, when the usage is asked for; only an
+event that holds a `finishReason` (one per candidate, at the end) is parsed, to tell a clean end (every
+candidate asked for finished, the rule the chat translation in gemini.py uses) from a cut stream. An error
+object the upstream sends mid-stream goes to the client as it is, and is the stream's end. A client that
+asked without `alt=sse` gets Google's other stream format, one JSON array written element by element
 (`[{...}\\n,{...}\\n]`), made from the same events without parsing them.
 
 Upstream errors are in the client's shape already and reach it as they are.
@@ -80,7 +81,7 @@ class GeminiPassthrough:
     """The zero-copy stream path for Gemini streams (see the module docstring)."""
 
     __slots__ = ("done", "events", "headers", "_split", "_delivered", "_last_usage", "_usage", "_finished",
-                 "_expected", "_array", "_sent")
+                 "_expected", "_array", "_sent", "_errored")
 
     # The string values a client reads as completion: text parts (thoughts included), raw JSON bodies.
     TEXT_VALUES = re.compile(rb'"text":[ \t]*"([^"\\\n]*(?:\\.[^"\\\n]*)*)"')
@@ -91,17 +92,19 @@ class GeminiPassthrough:
         self.headers: Mapping[str, str] | None = JSON_STREAM_HEADERS if array else None
         self._split = EventSplitter()
         self._delivered = DeliveredText(self.TEXT_VALUES, model)
-        self._last_usage = b""  # the last event that held usageMetadata, unparsed
+        self._last_usage = b""  # the last run of events that held usageMetadata, unparsed
         self._usage: Usage | None = None
         self._finished: set[int] = set()
         self._expected = max(1, candidates)
         self._array = array
         self._sent = False  # the JSON array's first element went out
+        self._errored = False  # the upstream itself ended the stream with an error object
 
     @property
     def usage(self) -> Usage | None:
         if self._last_usage:
-            event, self._last_usage = self._last_usage, b""
+            block, self._last_usage = self._last_usage, b""
+            event = next(e for e in reversed(iter_events(block)) if b'"usageMetadata"' in e)
             try:
                 obj = orjson.loads(_data(event))
             except orjson.JSONDecodeError:
@@ -122,18 +125,18 @@ class GeminiPassthrough:
         block = self._split.feed(chunk)
         if not block:
             return block
-        events: list[bytes] | None = None
         self.events += block.count(b"data:")
         self._delivered.hold(block)
-        if b'"usageMetadata"' in block:
-            events = iter_events(block)
-            self._last_usage = next(e for e in reversed(events) if b'"usageMetadata"' in e)
-        if b'"finishReason"' in block:
-            for event in events or iter_events(block):
+        if b'"usageMetadata"' in block:  # in every event Gemini sends: kept, parsed only when asked for
+            self._last_usage = block
+        if b'"finishReason"' in block or b'{"error"' in block:
+            for event in iter_events(block):
                 if b'"finishReason"' in event:
                     self._take_finish(event)
+                elif _data(event).startswith(b'{"error"'):
+                    self._errored = True
         if self._array:
-            return self._elements(events or iter_events(block))
+            return self._elements(iter_events(block))
         return block
 
     def _take_finish(self, event: bytes) -> None:
@@ -163,7 +166,10 @@ class GeminiPassthrough:
         return (b"\n]" if self._sent else b"[]") if self.done else b""
 
     def error_frame(self, message: str, code: str) -> bytes:
-        """Google's error object, ending the stream in its own format (the SDKs raise on it)."""
+        """Google's error object, ending the stream in its own format (the SDKs raise on it); none after the
+        upstream's own error object (but the JSON array's end)."""
+        if self._errored:
+            return b"\n]" if self._array else b""
         err = google_error_body(500, message)
         if not self._array:
             return b"data: " + err + b"\r\n\r\n"

@@ -12,6 +12,10 @@
   (response_format); safety settings, topK and the other Google-only options are dropped.
 - embedContent / batchEmbedContents: the text of each content becomes one `input` of /embeddings
   (outputDimensionality becomes dimensions).
+
+Google's JSON accepts every field name in lowerCamelCase or snake_case (the google-genai SDK sends some of
+each: `fileData: {"file_uri": ...}`); `camel_keys` makes a body lowerCamelCase once, at the edge, leaving
+alone what is the client's own data (function arguments and responses, JSON Schemas, property names).
 """
 
 from __future__ import annotations
@@ -24,10 +28,40 @@ import orjson
 
 from ..errors import InvalidRequest
 
-__all__ = ["from_gemini_schema", "to_chat_request", "to_embeddings_request"]
+__all__ = ["camel_keys", "from_gemini_schema", "to_chat_request", "to_embeddings_request"]
 
 _MODES = {"AUTO": "auto", "ANY": "required", "NONE": "none", "VALIDATED": "auto"}
 _AUDIO = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/mp3": "mp3", "audio/mpeg": "mp3"}
+
+
+# Fields whose value is the client's own data, kept as it is.
+_OPAQUE = frozenset({"args", "response", "parametersJsonSchema", "responseJsonSchema", "example", "default",
+                     "labels", "metadata"})
+
+
+def _camel(name: str) -> str:
+    if "_" not in name:
+        return name
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def camel_keys(value: Any) -> Any:
+    """A Gemini request with every field name in lowerCamelCase (see the module docstring)."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            name = _camel(key) if isinstance(key, str) else key
+            if name in _OPAQUE:
+                out[name] = sub
+            elif name == "properties" and isinstance(sub, Mapping):
+                out[name] = {prop: camel_keys(schema) for prop, schema in sub.items()}
+            else:
+                out[name] = camel_keys(sub)
+        return out
+    if isinstance(value, list):
+        return [camel_keys(v) for v in value]
+    return value
 
 
 def from_gemini_schema(schema: Any) -> Any:
@@ -166,7 +200,8 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         decls = tool.get("functionDeclarations") if isinstance(tool, Mapping) else None
         for j, d in enumerate(decls or ()):
             if not isinstance(d, Mapping) or not isinstance(d.get("name"), str) or not d["name"]:
-                raise InvalidRequest(f"Invalid value at 'tools[{i}].function_declarations[{j}].name': a name is required.")
+                raise InvalidRequest(
+                    f"Invalid value at 'tools[{i}].function_declarations[{j}].name': a name is required.")
             fn: dict[str, Any] = {"name": d["name"]}
             if d.get("description"):
                 fn["description"] = d["description"]
@@ -217,7 +252,7 @@ def _generation_config(config: Any, out: dict[str, Any]) -> None:
 def to_chat_request(body: Mapping[str, Any], model: str, stream: bool) -> dict[str, Any]:
     """A GenerateContentRequest body -> an OpenAI chat/completions body (raises InvalidRequest)."""
     messages: list[dict[str, Any]] = []
-    system = body.get("systemInstruction", body.get("system_instruction"))
+    system = body.get("systemInstruction")
     if isinstance(system, str):
         messages.append({"role": "system", "content": system})
     elif system is not None:
@@ -247,7 +282,7 @@ def to_chat_request(body: Mapping[str, Any], model: str, stream: bool) -> dict[s
         choice = _tool_choice(body)
         if choice is not None:
             out["tool_choice"] = choice
-    _generation_config(body.get("generationConfig", body.get("generation_config")), out)
+    _generation_config(body.get("generationConfig"), out)
     if stream:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}

@@ -4,6 +4,7 @@ Messages API), both translated."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -409,3 +410,46 @@ async def test_sdk_on_v1beta(env: Env) -> None:
     finally:
         await close(client)
     assert urls[0] == f"/v1beta/models/{GPT}:generateContent" and urls[2] == "/v1beta/models"
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+async def test_images_translated(env: Env, model: str) -> None:
+    contents = [types.Content(role="user", parts=[
+        types.Part(text="What is in these?"), types.Part.from_bytes(data=PNG, mime_type="image/png"),
+        types.Part.from_uri(file_uri="https://example.com/cat.jpg", mime_type="image/jpeg")])]
+    resp = await env.client.aio.models.generate_content(model=model, contents=contents)
+    assert resp.text
+    if model == CLAUDE:
+        blocks = env.claude.app[claude_fake.RECORDS][-1].body["messages"][0]["content"]
+        assert [b["type"] for b in blocks] == ["text", "image", "image"]
+        assert blocks[1]["source"] == {"type": "base64", "media_type": "image/png",
+                                       "data": base64.b64encode(PNG).decode()}
+        assert blocks[2]["source"] == {"type": "url", "url": "https://example.com/cat.jpg"}
+    else:
+        parts = env.openai.records[-1].json()["messages"][0]["content"]
+        assert parts[1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()}}
+        assert parts[2] == {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+
+
+async def test_translated_stream_cut_raises_in_the_sdk(env: Env) -> None:
+    for key in ACCOUNTS:
+        env.openai.script[key] = [openai_fake.truncate_after(2)]
+    with pytest.raises(genai_errors.APIError) as e:
+        async for _ in await env.client.aio.models.generate_content_stream(model=GPT, contents=ASK):
+            pass
+    assert e.value.code == 500 and e.value.status == "INTERNAL"
+    rows = await wait_ledger(env.relay.database, 1)
+    assert rows[0]["end_reason"] == "upstream_error"
+
+
+async def test_translated_stream_as_json_array(env: Env) -> None:
+    status, body, headers = await _raw(env, "POST", f"/v1beta/models/{CLAUDE}:streamGenerateContent", BODY,
+                                       {"x-goog-api-key": CLIENT_KEY})
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    items = orjson.loads(body)
+    text = "".join(p.get("text", "") for i in items for c in i["candidates"] for p in c["content"]["parts"])
+    assert text == claude_fake.TEXT and items[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert items[-1]["usageMetadata"]["promptTokenCount"] > 0

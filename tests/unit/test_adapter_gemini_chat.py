@@ -11,7 +11,7 @@ import pytest
 from relay.adapters import adapter_for
 from relay.adapters.gemini_chat import GeminiOverChat, openai_request
 from relay.adapters.gemini_output import GeminiChatStream, from_chat_completion, from_embeddings
-from relay.adapters.gemini_request import from_gemini_schema, to_chat_request, to_embeddings_request
+from relay.adapters.gemini_request import camel_keys, from_gemini_schema, to_chat_request, to_embeddings_request
 from relay.adapters.openai import OpenAIPassthrough
 from relay.errors import InvalidRequest
 from relay.types import KeyRecord, RelayRequest, Target
@@ -341,3 +341,24 @@ def test_chat_stream_without_done_but_finished_is_complete() -> None:
     h = _openai_stream()
     out = h.feed(b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"length"}]}\n\n') + h.close()
     assert h.done and _events(out)[-1]["candidates"][0]["finishReason"] == "MAX_TOKENS"
+
+
+def test_snake_case_names_are_read_as_camel_case() -> None:
+    body = {"system_instruction": {"parts": [{"text": "S"}]}, "contents": [{"role": "user", "parts": [
+        {"file_data": {"file_uri": "https://x.example/a.png", "mime_type": "image/png"}},
+        {"inline_data": {"mime_type": "image/png", "data": "AA"}}]},
+        {"role": "model", "parts": [{"function_call": {"name": "f", "args": {"snake_arg": 1}}}]}],
+        "tools": [{"function_declarations": [{"name": "f", "parameters": {"type": "OBJECT", "properties": {
+            "snake_prop": {"type": "STRING", "max_length": 3}}}}]}],
+        "generation_config": {"max_output_tokens": 9, "response_json_schema": {"snake_key": {"a_b": 1}}}}
+    norm = camel_keys(body)
+    out = to_chat_request(norm, "m", stream=False)
+    assert out["messages"][0] == {"role": "system", "content": "S"}
+    assert out["messages"][1]["content"] == [
+        {"type": "image_url", "image_url": {"url": "https://x.example/a.png"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]
+    assert out["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"snake_arg":1}'
+    assert out["tools"][0]["function"]["parameters"] == {
+        "type": "object", "properties": {"snake_prop": {"type": "string", "maxLength": 3}}}
+    assert out["max_tokens"] == 9
+    assert out["response_format"]["json_schema"]["schema"] == {"snake_key": {"a_b": 1}}

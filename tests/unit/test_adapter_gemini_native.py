@@ -174,3 +174,11 @@ def test_google_error_shape(status: int, name: str) -> None:
     assert orjson.loads(resp.body) == {"error": {"code": status, "message": "Nope.", "status": name}}  # type: ignore[arg-type]
     assert orjson.loads(google_error_body(status, "x"))["error"]["status"] == name
     assert orjson.loads(stream_error_event("cut", dialect="gemini")[6:])["error"]["status"] == "INTERNAL"
+
+
+def test_upstream_error_event_is_the_only_error() -> None:
+    h = GeminiPassthrough()
+    err = b'data: {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}\r\n\r\n'
+    out = h.feed(b'data: {"candidates":[{"content":{"parts":[{"text":"a"}]},"index":0}]}\r\n\r\n' + err)
+    assert out.endswith(err) and not h.done
+    assert h.error_frame("ended before it finished", "upstream_error") == b""
