@@ -28,7 +28,7 @@ import orjson
 
 from ..errors import UpstreamFailure, google_error_body
 from ..sse import EventSplitter, iter_events
-from ..tokens import CompletionCounter, count_text
+from ..tokens import CompletionCounter, prompt_tokens
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
 from .base import DeliveredText
 from .gemini import GeminiAdapter, from_gemini_usage
@@ -207,7 +207,8 @@ class GeminiNative:
         if method == "countTokens":
             return body, Usage(0, 0, "upstream")  # nothing generated, nothing billed
         if method in ("embedContent", "batchEmbedContents"):
-            return body, Usage(_embedded_tokens(req.json or {}, req.model), 0, "estimate")
+            # Gemini's embedding answers carry no usage: the text sent, counted
+            return body, Usage(prompt_tokens(req.endpoint, req.json), 0, "estimate")
         i = body.rfind(b'"usageMetadata"')
         if i < 0:
             return body, None
@@ -230,16 +231,3 @@ class GeminiNative:
 
 def _wants_sse(query: str) -> bool:
     return any(k == "alt" and v == "sse" for k, v in parse_qsl(query))
-
-
-def _embedded_tokens(body: Mapping[str, Any], model: str) -> int:
-    """The text an embedding request sends, counted (Gemini's embedding answers carry no usage)."""
-    contents = [r.get("content") for r in body.get("requests") or () if isinstance(r, Mapping)]
-    if "content" in body:
-        contents.append(body["content"])
-    n = 0
-    for content in contents:
-        for part in content.get("parts") or () if isinstance(content, Mapping) else ():
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                n += count_text(part["text"], model)
-    return n

@@ -4,6 +4,7 @@ Messages API), both translated."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -453,3 +454,25 @@ async def test_translated_stream_as_json_array(env: Env) -> None:
     text = "".join(p.get("text", "") for i in items for c in i["candidates"] for p in c["content"]["parts"])
     assert text == claude_fake.TEXT and items[-1]["candidates"][0]["finishReason"] == "STOP"
     assert items[-1]["usageMetadata"]["promptTokenCount"] > 0
+
+
+async def test_local_count_tokens_counts_against_rpm_only(env: Env) -> None:
+    from tests.e2e.test_limits import add_key
+
+    secret = await add_key(env.relay.database, rpm=2, tpm=1)  # tpm=1: any token charge would refuse it
+    body = {"contents": [{"role": "user", "parts": [{"text": ASK * 20}]}]}
+    seen = []
+    for _ in range(60):  # until the relay has picked up the new key (within a second)
+        status, _, _ = await _raw(env, "POST", f"/v1beta/models/{GPT}:countTokens", body, {"x-goog-api-key": secret})
+        if status != 401:
+            seen.append(status)
+            break
+        await asyncio.sleep(0.05)
+    for _ in range(2):
+        status, raw, headers = await _raw(env, "POST", f"/v1beta/models/{GPT}:countTokens", body,
+                                          {"x-goog-api-key": secret})
+        seen.append(status)
+    assert seen == [200, 200, 429]
+    err = orjson.loads(raw)["error"]
+    assert err["status"] == "RESOURCE_EXHAUSTED" and "Retry-After" in headers
+    assert not any(r.path.endswith("/chat/completions") for r in env.openai.records)

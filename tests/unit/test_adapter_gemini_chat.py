@@ -362,3 +362,14 @@ def test_snake_case_names_are_read_as_camel_case() -> None:
         "type": "object", "properties": {"snake_prop": {"type": "string", "maxLength": 3}}}
     assert out["max_tokens"] == 9
     assert out["response_format"]["json_schema"]["schema"] == {"snake_key": {"a_b": 1}}
+
+
+def test_prompt_tokens_of_gemini_bodies_count_text_not_image_bytes() -> None:
+    from relay.tokens import IMAGE_TOKENS, count_text, prompt_tokens
+
+    image = {"inlineData": {"mimeType": "image/png", "data": "A" * 400_000}}
+    body = {"contents": [{"role": "user", "parts": [{"text": "Describe this picture"}, image]}]}
+    n = prompt_tokens("gemini/generateContent", body)
+    assert count_text("Describe this picture", "") + IMAGE_TOKENS <= n < count_text("Describe this picture", "") + IMAGE_TOKENS + 10
+    embed = prompt_tokens("gemini/batchEmbedContents", {"requests": [{"content": {"parts": [{"text": "a b c"}]}}] * 2})
+    assert embed < 20 and embed >= 2 * count_text("a b c", "")

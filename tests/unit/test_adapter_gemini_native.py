@@ -75,7 +75,7 @@ USAGE_CASES = [
          "promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 7, "cachedContentTokenCount": 4}},
      (10, 12, 4, "upstream")),
     ("countTokens: not billed", "gemini/countTokens", {"totalTokens": 31}, (0, 0, 0, "upstream")),
-    ("embed: the text counted", "gemini/embedContent", {"embedding": {"values": [0.1]}}, (1, 0, 0, "estimate")),
+    ("embed: the text counted", "gemini/embedContent", {"embedding": {"values": [0.1]}}, (7, 0, 0, "estimate")),
 ]
 
 
