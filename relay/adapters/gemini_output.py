@@ -183,9 +183,8 @@ class GeminiChatStream:
         for ev in self._parser.feed(chat):
             if self._ended or not ev.data:
                 continue
-            if ev.data == _DONE:
-                if self._finish or self._calls:
-                    out.append(self._end())
+            if ev.data == _DONE:  # the chat stream's clean end, finish_reason or not
+                out.append(self._end())
                 continue
             try:
                 obj = orjson.loads(ev.data)

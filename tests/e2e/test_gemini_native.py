@@ -119,6 +119,14 @@ async def test_generate_body_bytes_untouched(env: Env) -> None:
             assert r.status == 200
             assert (await r.json())["candidates"][0]["content"]["parts"][0]["text"] == gem.TEXT
     assert env.gemini_records[0].body == orjson.loads(raw)
+    async with aiohttp.ClientSession() as s:  # the same request straight to the fake: the same bytes
+        async with s.post(f"{env.relay.url}/v1beta/models/{GEM}:generateContent", data=raw,
+                          headers={"x-goog-api-key": CLIENT_KEY, "Content-Type": "application/json"}) as r:
+            relayed = await r.read()
+        async with s.post(str(env.gemini.make_url(f"/v1beta/models/{GEM}:generateContent")), data=raw,
+                          headers={"x-goog-api-key": "gk-1", "Content-Type": "application/json"}) as r:
+            direct = await r.read()
+    assert relayed == direct
 
 
 async def test_stream_passthrough_byte_exact(env: Env) -> None:

@@ -373,3 +373,9 @@ def test_prompt_tokens_of_gemini_bodies_count_text_not_image_bytes() -> None:
     assert count_text("Describe this picture", "") + IMAGE_TOKENS <= n < count_text("Describe this picture", "") + IMAGE_TOKENS + 10
     embed = prompt_tokens("gemini/batchEmbedContents", {"requests": [{"content": {"parts": [{"text": "a b c"}]}}] * 2})
     assert embed < 20 and embed >= 2 * count_text("a b c", "")
+
+
+def test_chat_stream_done_without_finish_reason_is_a_clean_end() -> None:
+    h = _openai_stream()
+    out = h.feed(b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n')
+    assert h.done and _events(out)[-1]["candidates"][0]["finishReason"] == "STOP"
