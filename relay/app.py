@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import config_check, tokens, web_admin, web_admin_health, web_api, web_billing, web_input, web_ops
+from . import config_check, tokens, web_admin, web_admin_health, web_api, web_billing, web_gemini, web_input, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .balances import Balances
@@ -98,7 +98,9 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
     app[web_input.BODY_BUDGET] = web_input.BodyBudget(cfg.server.max_inflight_body_bytes)
     app[HEALTH] = health
-    web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
+    api = web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings)
+    web_api.add_routes(app, api, web_gemini.google_models(api))
+    web_gemini.add_gemini_routes(app, api)
     web_ops.add_routes(app, ops)
     web_billing.add_routes(app, web_billing.BillingDeps(keys, store))
     app.on_response_prepare.append(response_headers(cfg.server.cors_origins))

@@ -55,7 +55,7 @@ class Pricing:
         fields = _output_fields(req)
         if not fields:
             return prompt
-        limit = next((body[f] for f in fields if body.get(f) is not None), None)
+        limit = next((v for f in fields if (v := _field(body, f)) is not None), None)
         output = _int(limit, self._cfg.max_output_tokens) * max(1, _int(body.get("n"), 1))
         return prompt + output * price.output / 1e6
 
@@ -112,7 +112,17 @@ def output_limit(req: RelayRequest, default: int) -> int:
     if not fields:
         return 0
     body: Mapping[str, Any] = req.json or {}
-    return _int(next((body[f] for f in fields if body.get(f) is not None), None), default)
+    return _int(next((v for f in fields if (v := _field(body, f)) is not None), None), default)
+
+
+def _field(body: Mapping[str, Any], name: str) -> Any:
+    """A body field; a dotted name reaches into nested objects (Gemini's generationConfig.maxOutputTokens)."""
+    if "." not in name:
+        return body.get(name)
+    value: Any = body
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def _int(value: object, default: int) -> int:

@@ -28,7 +28,8 @@ class Endpoint:
     serves: Mapping[str, Mode]  # channel type -> how a channel of that type serves it
     dialect: Dialect = "openai"
     body: Literal["json", "form"] = "json"
-    output_fields: tuple[str, ...] = ()  # body fields capping output tokens, the first given wins; none: no output
+    # body fields capping output tokens, the first given wins (a dotted name is a nested field); none: no output
+    output_fields: tuple[str, ...] = ()
     pricing: Pricing = "tokens"
     images: bool = False  # each image asked for (`n`) counts against the key's ipm
     stream_usage_option: bool = False  # streams report usage only when asked through stream_options
@@ -50,6 +51,9 @@ def _table(*entries: Endpoint) -> dict[str, Endpoint]:
 
 
 _OPENAI_ONLY: Mapping[str, Mode] = {"openai": "native", "azure": "native"}
+# Gemini-native routes (/v1beta/models/{model}:method): passthrough to gemini channels, translated elsewhere.
+_GEMINI_ALL: Mapping[str, Mode] = {"gemini": "native", "openai": "chat", "azure": "chat", "anthropic": "chat"}
+_GEMINI_EMBED: Mapping[str, Mode] = {"gemini": "native", "openai": "chat", "azure": "chat"}
 
 ENDPOINTS: Mapping[str, Endpoint] = _table(
     Endpoint(
@@ -76,6 +80,16 @@ ENDPOINTS: Mapping[str, Endpoint] = _table(
         "responses", {"openai": "native", "azure": "native", "anthropic": "chat", "gemini": "chat"},
         output_fields=("max_output_tokens",), label="openai-response", native_flag="responses", over_chat=True,
     ),
+    Endpoint(
+        "gemini/generateContent", _GEMINI_ALL, dialect="gemini", output_fields=("generationConfig.maxOutputTokens",),
+        label="gemini", over_chat=True, family="gemini",
+    ),
+    # Counted by a gemini channel where one serves the model, else by the relay itself (relay.web_gemini).
+    Endpoint("gemini/countTokens", {"gemini": "native"}, dialect="gemini", pricing="none", label="gemini",
+             family="gemini"),
+    Endpoint("gemini/embedContent", _GEMINI_EMBED, dialect="gemini", label="gemini", over_chat=True, family="gemini"),
+    Endpoint("gemini/batchEmbedContents", _GEMINI_EMBED, dialect="gemini", label="gemini", over_chat=True,
+             family="gemini"),
     # Calls on a stored response: only where it was made (the upstream keeps it), never billed.
     *(
         Endpoint(f"responses/{op}", _OPENAI_ONLY, pricing="none", label="openai-response",

@@ -153,6 +153,30 @@ class Proxy:
             self._record(req, trace)
             request[ACCESS] = AccessNote(req.key.prefix, req.model, trace.end_reason, trace.ttft)
 
+    async def answer_locally(self, request: web.Request, req: RelayRequest, body: bytes) -> web.Response:
+        """A request the relay answers itself (a token count on a channel that has none): the key's request
+        limits apply; nothing is relayed or billed, and its ledger row counts no tokens."""
+        trace = _Trace()
+        trace.usage = Usage(0, 0, "estimate")
+        try:
+            limits = Limits.of(req.key)
+            if limits.any:
+                decision = self._limiter.try_acquire(req.key.id, limits, 0, 0)
+                if decision is None:
+                    decision = await self._limiter.acquire(req.key.id, limits, 0, 0)
+                if decision.headers:
+                    request[RATE_LIMIT_HEADERS] = decision.headers
+                if not decision.allowed:
+                    raise decision.error()
+                trace.limits = limits
+            trace.status = 200
+            return web.Response(body=body, content_type="application/json")
+        except RelayError as e:
+            trace.status, trace.end_reason = e.status, "rejected"
+            raise
+        finally:
+            self._record(req, trace)
+
     def _pick(self, req: RelayRequest, tried: set[Account], ep: Endpoint) -> Account | None:
         if req.pin is None:
             return self._router.pick(req.model, tried, ep, req.sticky)
@@ -284,7 +308,8 @@ class Proxy:
             except (*READ_ERRORS, EventTooLarge):
                 raise UpstreamFailure("stream failed before its first event", kind="server") from None
             self._router.succeeded(account)
-            out = web.StreamResponse(status=resp.status, headers=SSE_HEADERS)
+            # a handler whose client format is not SSE names its own headers (Gemini's JSON-array stream)
+            out = web.StreamResponse(status=resp.status, headers=getattr(handler, "headers", None) or SSE_HEADERS)
             await out.prepare(request)
             trace.status = resp.status
             trace.ttft = time.monotonic() - req.started

@@ -25,7 +25,7 @@ __all__ = [
 # A body that streams (multipart uploads): called once per attempt, so failover can replay it.
 BodyFactory = Callable[[], AsyncIterator[bytes]]
 
-Dialect = Literal["openai", "anthropic"]
+Dialect = Literal["openai", "anthropic", "gemini"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from .web_input import (
     MAX_MODEL_CHARS, check_model_name, close_form, image_form, parse_json, read_body, read_form, validate,
     validate_messages,
 )
-from .web_models import add_model_routes
+from .web_models import Alternate, add_model_routes
 
 __all__ = ["DIALECT", "REQUEST_ID", "ApiDeps", "add_routes"]
 
@@ -67,7 +67,7 @@ def _key(deps: ApiDeps, request: web.Request) -> KeyRecord:
     return key
 
 
-def add_routes(app: web.Application, deps: ApiDeps) -> None:
+def add_routes(app: web.Application, deps: ApiDeps, models_alternate: Alternate | None = None) -> None:
     for prefix in ("/v1", ""):
         for ep in ENDPOINTS.values():
             if ep.dialect == "openai" and ep.family == ep.name:
@@ -77,7 +77,7 @@ def add_routes(app: web.Application, deps: ApiDeps) -> None:
                 method, f"{prefix}/responses/{{id}}{suffix}", _stored_response_handler(deps, ENDPOINTS[name], suffix)
             )
     app.router.add_post("/v2/rerank", _relay_handler(deps, ENDPOINTS["rerank"]))  # Cohere's path
-    add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request))
+    add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request), models_alternate)
     app.router.add_post("/v1/messages", _messages_handler(deps))
 
 

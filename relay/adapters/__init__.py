@@ -15,6 +15,8 @@ from .anthropic_native import AnthropicNative
 from .azure import AzureAdapter
 from .base import Adapter, StreamHandler
 from .gemini import GeminiAdapter
+from .gemini_chat import GeminiOverChat
+from .gemini_native import GeminiNative
 from .messages_openai import MessagesOverChat
 from .openai import OpenAIAdapter
 from .rerank import RerankAdapter
@@ -33,9 +35,12 @@ _NATIVE: dict[tuple[str, str], Adapter] = {
     ("openai", "responses"): ResponsesNative(),
     ("azure", "responses"): AzureResponsesNative(),
     ("openai", "rerank"): RerankAdapter(),
+    ("gemini", "gemini"): GeminiNative(),
 }
 # Endpoint families translated onto a channel's chat/completions.
-_OVER_CHAT: dict[str, Callable[[Adapter], Adapter]] = {"messages": MessagesOverChat, "responses": ResponsesOverChat}
+_OVER_CHAT: dict[str, Callable[[Adapter], Adapter]] = {
+    "messages": MessagesOverChat, "responses": ResponsesOverChat, "gemini": GeminiOverChat,
+}
 _MADE: dict[tuple[str, str, str], Adapter] = {}
 
 

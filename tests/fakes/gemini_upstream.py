@@ -3,6 +3,8 @@
     POST /v1beta/models/{model}:generateContent
     POST /v1beta/models/{model}:streamGenerateContent?alt=sse   (events end with CRLF CRLF, as Google's do)
     POST /v1beta/models/{model}:batchEmbedContents
+    POST /v1beta/models/{model}:embedContent
+    POST /v1beta/models/{model}:countTokens
 
 The key must come in `x-goog-api-key`; a `key=` query parameter is refused (400), an unknown key gets
 Google's 400 API_KEY_INVALID, a missing one 403. Every request is recorded (`RECORDS`).
@@ -40,6 +42,7 @@ class GeminiReceived:
 RECORDS = web.AppKey("gemini_records", list[GeminiReceived])
 SCRIPT = web.AppKey("gemini_script", dict[str, list[tuple[Any, ...]]])
 KEYS = web.AppKey("gemini_keys", set[str])
+STREAMED = web.AppKey("gemini_streamed", list[bytes])  # the frames of the last stream, as sent
 
 
 def _error(code: int, status: str, message: str, details: list[Any] | None = None) -> web.Response:
@@ -148,6 +151,17 @@ class _Fake:
             return await self._stream(request, name, body, truncate=action == ("truncate",))
         if method == "batchEmbedContents":
             return self._embed(name, body)
+        if method == "embedContent":
+            if "content" not in body:
+                return _error(400, "INVALID_ARGUMENT", "* EmbedContentRequest.content: content is not specified")
+            one = self._embed(name, {"requests": [{**body, "model": f"models/{name}"}]})
+            values = orjson.loads(one.body)["embeddings"][0]  # type: ignore[arg-type]
+            return web.json_response({"embedding": values}, dumps=lambda o: orjson.dumps(o).decode())
+        if method == "countTokens":
+            inner = body.get("generateContentRequest") or body
+            n = _prompt_tokens(inner)
+            return web.json_response({"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]},
+                                     dumps=lambda o: orjson.dumps(o).decode())
         return _error(404, "NOT_FOUND", f"Method {method} not found.")
 
     def _generate(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +176,7 @@ class _Fake:
         }
 
     async def _stream(self, request: web.Request, model: str, body: dict[str, Any], truncate: bool) -> web.StreamResponse:
+        self.app[STREAMED].clear()
         parts, reason = _answer(body)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -183,7 +198,9 @@ class _Fake:
                 meta = {"promptTokenCount": usage["promptTokenCount"], "totalTokenCount": usage["promptTokenCount"]}
             event = {"candidates": [cand], "usageMetadata": meta, "modelVersion": MODEL_VERSION,
                      "responseId": "fakeStream"}
-            await resp.write(b"data: " + orjson.dumps(event) + b"\r\n\r\n")
+            frame = b"data: " + orjson.dumps(event) + b"\r\n\r\n"
+            self.app[STREAMED].append(frame)
+            await resp.write(frame)
         await resp.write_eof()
         return resp
 
@@ -205,6 +222,7 @@ def build_app(keys: tuple[str, ...] = ("gk-1",)) -> web.Application:
     app[RECORDS] = []
     app[SCRIPT] = {}
     app[KEYS] = set(keys)
+    app[STREAMED] = []
     fake = _Fake(app)
     app.router.add_post("/v1beta/models/{name}", fake.handle)
     return app
