@@ -19,6 +19,7 @@ from aiohttp.typedefs import Middleware
 from . import tokens, web_admin, web_api, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
+from .availability import AvailabilityRecorder
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
@@ -33,11 +34,12 @@ from .limits import LocalLimiter
 from .limits_redis import RedisLimiter
 from .proxy import RATE_LIMIT_HEADERS, Proxy
 from .router import Router
+from .status_data import StatusBoard
 from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
 
-__all__ = ["LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
+__all__ = ["AVAILABILITY", "LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
 
 log = logging.getLogger("relay")
 
@@ -46,13 +48,14 @@ STORE = web.AppKey("store", Storage)  # type: ignore[type-abstract]
 LEDGER = web.AppKey("ledger", Ledger)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
+AVAILABILITY = web.AppKey("availability", AvailabilityRecorder)  # health probes report to it too
 
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Beta, X-Stainless-*, *"
 _CORS_EXPOSE = (
     "x-request-id, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
     "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, retry-after"
 )
-_OPS_PATHS = ("/metrics", "/healthz", "/status")
+_OPS_PATHS = ("/metrics", "/healthz", "/status", "/status.json")
 
 
 def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.Application:
@@ -85,17 +88,22 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         RedisBindings(cfg.limits.redis_url, cfg.limits.prefix + "resp:") if cfg.limits.backend == "redis" else None
     )
     bindings = ResponseBindings(redis_bindings or store, cfg.routing.response_ttl)
+    availability = AvailabilityRecorder(store, cfg.status.bucket)
     proxy = Proxy(
         cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
+        availability,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
-    ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)
+    ops = web_ops.OpsDeps(
+        metrics, router, store, lambda: ledger.store_ok and balances.store_ok, StatusBoard(store, router, cfg.status),
+    )
 
     app = web.Application(
         middlewares=[_errors_middleware()], client_max_size=cfg.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
+    app[AVAILABILITY] = availability
     web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
     web_ops.add_routes(app, ops)
     app.on_response_prepare.append(_response_headers(cfg.server.cors_origins))
@@ -115,11 +123,13 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         keys.start()
         await upstream.start()
         ledger.start()
+        availability.start()
         balances.start()
         bindings.start()
         yield
         await keys.close()
         await ledger.close()
+        await availability.close()
         await bindings.close()
         if redis_bindings is not None:
             await redis_bindings.close()

@@ -18,6 +18,7 @@ import time
 from aiohttp import web
 
 from .adapters import adapter_for
+from .availability import AvailabilityRecorder
 from .adapters.base import Adapter, StreamHandler
 from .balances import Balances, Reservation
 from .billing import Pricing, output_limit
@@ -54,7 +55,7 @@ class _Trace:
 
     __slots__ = (
         "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
-        "limits", "limit_tokens", "acc",
+        "limits", "limit_tokens", "acc", "exhausted",
     )
 
     def __init__(self) -> None:
@@ -70,13 +71,16 @@ class _Trace:
         self.limits: Limits | None = None  # the key's limits, when it has any (settled at the end)
         self.limit_tokens = 0  # the token estimate the limits (and the account's budget) admitted
         self.acc: Account | None = None  # the account of the last attempt
+        self.exhausted = False  # no account could serve (every one failed, rested or was rate limited)
 
 
 class Proxy:
     def __init__(
         self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics,
         pricing: Pricing, balances: Balances, limiter: Limiter, bindings: ResponseBindings,
+        availability: AvailabilityRecorder | None = None,
     ) -> None:
+        self._availability = availability
         self._bindings = bindings
         self._retry = cfg.retry
         self._limiter = limiter
@@ -211,6 +215,7 @@ class Proxy:
                     return web.Response(status=f.status, body=f.body, headers={"Content-Type": f.content_type})
                 log.info("attempt %d on %s failed: %s", attempt + 1, account.label, f.reason)
                 last = f
+        trace.exhausted = True
         raise self._exhausted(req, last)
 
     def _exhausted(self, req: RelayRequest, last: UpstreamFailure | None) -> RelayError:
@@ -421,6 +426,11 @@ class Proxy:
             req.model, trace.channel, trace.status or 500, latency, trace.ttft,
             usage.prompt_tokens, usage.completion_tokens,
         )
+        if self._availability is not None:  # a dict update: the history is written in the background
+            first_byte = latency if trace.ttft is None else trace.ttft
+            self._availability.observe_request(
+                req.model, trace.channel, trace.status or 500, trace.end_reason, first_byte * 1000, trace.exhausted,
+            )
 
 
 def _error_event(handler: StreamHandler, message: str, code: str = "upstream_error", dialect: str = "openai") -> bytes:
