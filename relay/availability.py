@@ -182,14 +182,9 @@ class AvailabilityRecorder:
         await self.flush_once()
 
     async def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.flush_interval)
-            except asyncio.TimeoutError:
-                pass
-            await self.flush_once()
+        while True:
             now = time.monotonic()
-            if now - self._pruned_at >= _PRUNE_EVERY:
+            if now - self._pruned_at >= _PRUNE_EVERY:  # at start, then hourly
                 self._pruned_at = now
                 try:
                     removed = await self.prune()
@@ -198,3 +193,10 @@ class AvailabilityRecorder:
                 else:
                     if removed:
                         log.info("availability: %d buckets older than %d days removed", removed, RETENTION // 86400)
+            if self._stop.is_set():
+                return
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.flush_interval)
+            except asyncio.TimeoutError:
+                pass
+            await self.flush_once()
