@@ -40,6 +40,8 @@ BANNERS = {
     "outage": "Major outage",
 }
 _CACHE_MAX = 10.0  # seconds a computed page is served (a flood of /status costs the store nothing more)
+# The uptime windows scan up to 90 days of rows (26,000 per model at 5-minute buckets): read once a minute.
+_TOTALS_MAX = 60.0
 
 
 def _share(ok: int, failed: int) -> float | None:
@@ -139,6 +141,8 @@ class StatusBoard:
         self.cfg = cfg
         self._clock = clock
         self.ttl = min(_CACHE_MAX, float(cfg.bucket))
+        self._totals_ttl = min(_TOTALS_MAX, float(cfg.bucket))
+        self._totals_at = float("-inf")
         self._lock = asyncio.Lock()
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._rows: list[BucketCount] = []
@@ -165,7 +169,9 @@ class StatusBoard:
         first = t - t % width - (BARS - 1) * width
         try:
             self._rows = await self._store.buckets_since(first, width)
-            self._totals = await self._store.bucket_totals([t - s for s in WINDOWS.values()])
+            if time.monotonic() - self._totals_at >= self._totals_ttl:
+                self._totals = await self._store.bucket_totals([t - s for s in WINDOWS.values()])
+                self._totals_at = time.monotonic()
         except Exception as e:  # noqa: BLE001 - the page still shows the rotation and the last history read
             log.warning("status: the store failed (%s); showing the last history read", type(e).__name__)
         return build_status(self.cfg, self._router, self._rows, self._totals, now)
