@@ -70,9 +70,9 @@ def add_routes(app: web.Application, deps: OpsDeps) -> None:
         )
 
     async def status_json(request: web.Request) -> web.Response:
-        return web.Response(
-            body=await deps.status_body("json"), content_type="application/json", headers=_cache_headers(deps),
-        )
+        # public data without credentials: any web page may read it (a status widget elsewhere)
+        headers = {**_cache_headers(deps), "Access-Control-Allow-Origin": "*"}
+        return web.Response(body=await deps.status_body("json"), content_type="application/json", headers=headers)
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -57,6 +57,7 @@ async def status_json(http: aiohttp.ClientSession, relay: Relay) -> dict[str, An
     async with http.get(relay.url + "/status.json") as resp:  # no key
         assert resp.status == 200 and resp.content_type == "application/json"
         assert resp.headers["Cache-Control"].startswith("public")
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"  # readable by a status widget elsewhere
         doc: dict[str, Any] = await resp.json()
     return doc
 
