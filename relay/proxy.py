@@ -18,8 +18,8 @@ import time
 from aiohttp import web
 
 from .adapters import adapter_for
-from .availability import AvailabilityRecorder
 from .adapters.base import Adapter, StreamHandler
+from .availability import AvailabilityRecorder
 from .balances import Balances, Reservation
 from .billing import Pricing, output_limit
 from .bindings import ResponseBindings
