@@ -95,7 +95,8 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
     ops = web_ops.OpsDeps(
-        metrics, router, store, lambda: ledger.store_ok and balances.store_ok, StatusBoard(store, router, cfg.status),
+        metrics, router, store, lambda: ledger.store_ok and balances.store_ok,
+        StatusBoard(store, router, cfg.status, overloaded=lambda: ledger.full),
     )
 
     app = web.Application(

@@ -6,7 +6,8 @@ buckets, and a state; an overall state from the models'. Channels (and which acc
 only with `status.show_channels`: their names are the operator's business.
 
 States, from the last two buckets (the current one and the one before) and the rotation:
-- outage: no account of the model is in rotation, or under 50 % of recent outcomes were ok;
+- outage: no account of the model is in rotation, under 50 % of recent outcomes were ok, or the relay is
+  refusing all work (503 relay_overloaded: its ledger is full);
 - degraded: under 99 % ok;
 - operational: otherwise (no recent outcome at all, with an account in rotation, included).
 Overall: "Major outage" when more than half the models (or the only one) are in outage, "Degraded
@@ -91,7 +92,7 @@ def _series(
 
 def build_status(
     cfg: StatusConfig, router: Router, rows: list[BucketCount], totals: dict[tuple[str, str], list[tuple[int, int]]],
-    now: float,
+    now: float, overloaded: bool = False,
 ) -> dict[str, Any]:
     """The /status.json document from the stored buckets (`rows` since the first bar) and the router."""
     width = cfg.bucket
@@ -108,6 +109,8 @@ def build_status(
         in_rotation = any(ch.name in live_channels for ch in router.channels_of(name))
         row = {"name": name, **_series(grouped.get(("model", name), []), first, width,
                                        totals.get(("model", name)), in_rotation)}
+        if overloaded:  # refused before the model is read, so in no model's counts: shown here instead
+            row["state"] = "outage"
         if cfg.show_channels:
             row["channels"] = sorted(ch.name for ch in router.channels_of(name))
         models.append(row)
@@ -135,7 +138,9 @@ class StatusBoard:
 
     def __init__(
         self, store: Storage, router: Router, cfg: StatusConfig, clock: Callable[[], float] = time.time,
+        overloaded: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._overloaded = overloaded
         self._store = store
         self._router = router
         self.cfg = cfg
@@ -174,4 +179,4 @@ class StatusBoard:
                 self._totals_at = time.monotonic()
         except Exception as e:  # noqa: BLE001 - the page still shows the rotation and the last history read
             log.warning("status: the store failed (%s); showing the last history read", type(e).__name__)
-        return build_status(self.cfg, self._router, self._rows, self._totals, now)
+        return build_status(self.cfg, self._router, self._rows, self._totals, now, self._overloaded())

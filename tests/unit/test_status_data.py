@@ -62,6 +62,11 @@ def test_no_account_in_rotation_is_an_outage_and_half_the_models_down_is_major()
     assert doc(rows + [b(CUR, 0, 5, "b")], r2)["banner"] == "Major outage"  # two of three
 
 
+def test_a_relay_refusing_all_work_shows_every_model_in_outage() -> None:
+    d = build_status(StatusConfig(bucket=60), router("a", "b"), [b(CUR, 10, 0, "a")], {}, NOW, overloaded=True)
+    assert d["banner"] == "Major outage" and {m["state"] for m in d["models"]} == {"outage"}
+
+
 def test_uptime_windows_and_private_names() -> None:
     totals = {("model", "m"): [(999, 1), (9, 1), (0, 0), (1, 3)]}
     d = doc([], totals=totals)
