@@ -17,6 +17,7 @@ from aiohttp import web
 from . import config_check, tokens, web_admin, web_admin_health, web_api, web_billing, web_gemini, web_input, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
+from .availability import AvailabilityRecorder
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
@@ -35,11 +36,12 @@ from .limits_redis import RedisLimiter
 from .middleware import errors_middleware, response_headers
 from .proxy import Proxy
 from .router import Router
+from .status_data import StatusBoard
 from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
 
-__all__ = ["HEALTH", "LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
+__all__ = ["AVAILABILITY", "HEALTH", "LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
 
 log = logging.getLogger("relay")
 
@@ -49,6 +51,7 @@ LEDGER = web.AppKey("ledger", Ledger)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
 HEALTH = web.AppKey("health", HealthService)
+AVAILABILITY = web.AppKey("availability", AvailabilityRecorder)  # health probes report to it too
 
 def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.Application:
     """`holder` names this process's balance leases in the store (see relay.balances); stable across
@@ -83,12 +86,18 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         RedisBindings(cfg.limits.redis_url, cfg.limits.prefix + "resp:") if cfg.limits.backend == "redis" else None
     )
     bindings = ResponseBindings(redis_bindings or store, cfg.routing.response_ttl)
+    availability = AvailabilityRecorder(store, cfg.status.bucket)
     proxy = Proxy(
         cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
+        availability,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
     health = HealthService(cfg, router, upstream, metrics, holder)
-    ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok, cfg.metrics_token)
+    health.prober.on_result = availability.observe_probe  # probes count in the status page's figures
+    ops = web_ops.OpsDeps(
+        metrics, router, store, lambda: ledger.store_ok and balances.store_ok,
+        StatusBoard(store, router, cfg.status, overloaded=lambda: ledger.full), cfg.metrics_token,
+    )
 
     app = web.Application(
         middlewares=[errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics, AccessLog(cfg.access_log))],
@@ -98,6 +107,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
     app[web_input.BODY_BUDGET] = web_input.BodyBudget(cfg.server.max_inflight_body_bytes)
     app[HEALTH] = health
+    app[AVAILABILITY] = availability
     api = web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings)
     web_api.add_routes(app, api, web_gemini.google_models(api))
     web_gemini.add_gemini_routes(app, api)
@@ -121,12 +131,14 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         await upstream.start()
         await health.start()
         ledger.start()
+        availability.start()
         balances.start()
         bindings.start()
         yield
         await health.close()  # first: its last transitions still reach the shared state
         await keys.close()
         await ledger.close()
+        await availability.close()
         await bindings.close()
         if redis_bindings is not None:
             await redis_bindings.close()

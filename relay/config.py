@@ -33,6 +33,7 @@ __all__ = [
     "RetryConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StatusConfig",
     "TimeoutConfig",
     "load_config",
     "mask_proxy",
@@ -152,6 +153,16 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """The public /status page (relay/status_page.py)."""
+
+    title: str = "Service status"
+    note: str = ""  # a line under the title (e.g. where incidents are announced)
+    show_channels: bool = False  # also list channels and accounts out of rotation (names an operator may keep private)
+    bucket: int = 300  # seconds of one bar of the heartbeat and of one stored row of availability history
+
+
+@dataclass(frozen=True, slots=True)
 class ClientKeyConfig:
     name: str
     key_hash: str  # sha256 hex of the key
@@ -176,6 +187,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
     log_level: str = "info"
     access_log: str = "text"  # text | json | off: one line per request (relay.access_log)
     skipped_channels: tuple[str, ...] = ()  # channels left out because their keys are unset
@@ -200,7 +212,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root.mapping()
     root.allow(
         "server", "admin_token", "metrics_token", "database", "channels", "client_keys", "prices", "billing", "limits",
-        "timeouts", "retry", "routing", "ledger", "log_level", "health", "access_log",
+        "timeouts", "retry", "routing", "ledger", "log_level", "health", "access_log", "status",
     )
     server = root.child("server")
     srv = ServerConfig(
@@ -242,6 +254,14 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         flush_interval=lg.get_float("flush_interval", LedgerConfig().flush_interval),
         batch_size=lg.get_int("batch_size", LedgerConfig().batch_size, lo=1),
         max_pending=lg.get_int("max_pending", LedgerConfig().max_pending, lo=1),
+    )
+    st = root.child("status")
+    st.allow(*StatusConfig.__slots__)  # type: ignore[attr-defined]
+    status = StatusConfig(
+        title=st.get_str("title", StatusConfig().title) or StatusConfig().title,
+        note=st.get_str("note", ""),
+        show_channels=st.get_bool("show_channels", False),
+        bucket=st.get_int("bucket", StatusConfig().bucket, lo=1, hi=86400),
     )
     channels, skipped = _channels(root.child("channels", default=[]))
     keys = _client_keys(root.child("client_keys", default=[]))
@@ -298,6 +318,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         routing=routing,
         ledger=ledger,
         health=parse_health(root.child("health")),
+        status=status,
         log_level=log_level,
         access_log=access_log,
         skipped_channels=skipped,

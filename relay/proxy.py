@@ -20,6 +20,7 @@ from aiohttp import web
 from .access_log import ACCESS, AccessNote
 from .adapters import adapter_for
 from .adapters.base import Adapter, StreamHandler
+from .availability import AvailabilityRecorder
 from .balances import Balances, Reservation
 from .billing import Pricing, output_limit
 from .bindings import ResponseBindings
@@ -56,7 +57,7 @@ class _Trace:
 
     __slots__ = (
         "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
-        "limits", "limit_tokens", "acc",
+        "limits", "limit_tokens", "acc", "exhausted",
     )
 
     def __init__(self) -> None:
@@ -72,13 +73,16 @@ class _Trace:
         self.limits: Limits | None = None  # the key's limits, when it has any (settled at the end)
         self.limit_tokens = 0  # the token estimate the limits (and the account's budget) admitted
         self.acc: Account | None = None  # the account of the last attempt
+        self.exhausted = False  # no account could serve (every one failed, rested or was rate limited)
 
 
 class Proxy:
     def __init__(
         self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics,
         pricing: Pricing, balances: Balances, limiter: Limiter, bindings: ResponseBindings,
+        availability: AvailabilityRecorder | None = None,
     ) -> None:
+        self._availability = availability
         self._bindings = bindings
         self._retry = cfg.retry
         # Retry-After when no failed account is back on its own: the next probe may bring one back
@@ -243,6 +247,7 @@ class Proxy:
                 if f.channel_wide:  # its egress proxy failed: the channel's other accounts go through it too
                     tried.update(a for a in self._router.accounts if a.channel is account.channel)
                 last = f
+        trace.exhausted = True
         raise self._exhausted(req, last)
 
     def _exhausted(self, req: RelayRequest, last: UpstreamFailure | None) -> RelayError:
@@ -454,6 +459,11 @@ class Proxy:
             req.model, trace.channel, trace.status or 500, latency, trace.ttft,
             usage.prompt_tokens, usage.completion_tokens,
         )
+        if self._availability is not None:  # a dict update: the history is written in the background
+            first_byte = latency if trace.ttft is None else trace.ttft
+            self._availability.observe_request(
+                req.model, trace.channel, trace.status or 500, trace.end_reason, first_byte * 1000, trace.exhausted,
+            )
 
 
 def _error_event(handler: StreamHandler, message: str, code: str = "upstream_error", dialect: str = "openai") -> bytes:

@@ -17,7 +17,8 @@ import orjson
 from .types import KeyRecord, UsageRecord
 
 __all__ = [
-    "ADMIN_KEY_FIELDS", "KEY_COLUMNS", "USAGE_COLUMNS", "Availability", "SchemaError", "Storage", "StoreError",
+    "ADMIN_KEY_FIELDS", "KEY_COLUMNS", "USAGE_COLUMNS", "Availability", "BucketCount", "SchemaError", "Storage",
+    "StoreError",
     "column_value", "is_postgres", "key_from_row", "mask_url", "usage_row",
 ]
 
@@ -93,6 +94,22 @@ class Availability:
         return self.ok / total if total else None
 
 
+@dataclass(frozen=True, slots=True)
+class BucketCount:
+    """Outcomes of one model or channel in one time bucket (start: unix seconds); counts only, no content.
+
+    Latency is summed over the ok outcomes that carried one (`latency_n` of them).
+    """
+
+    scope: str  # "model" or "channel"
+    name: str
+    start: int
+    ok: int = 0
+    failed: int = 0
+    latency_ms_sum: float = 0.0
+    latency_n: int = 0
+
+
 class Storage(Protocol):
     """Keys, balances and the usage ledger. Both stores keep the same semantics for every method.
 
@@ -151,3 +168,13 @@ class Storage(Protocol):
     async def spent_between(self, key_id: str, since: float, until: float) -> float: ...
 
     async def count_usage(self) -> int: ...
+
+    # availability history (relay/store_buckets.py, relay/store_pg_buckets.py)
+
+    async def add_buckets(self, rows: Sequence[BucketCount]) -> None: ...
+
+    async def buckets_since(self, since: int, width: int) -> list[BucketCount]: ...
+
+    async def bucket_totals(self, since: Sequence[int]) -> dict[tuple[str, str], list[tuple[int, int]]]: ...
+
+    async def prune_buckets(self, before: int) -> int: ...

@@ -82,4 +82,20 @@ CREATE TABLE IF NOT EXISTS response_bindings (
 CREATE INDEX IF NOT EXISTS response_bindings_expiry ON response_bindings (expires_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# Availability history: counts of outcomes per model and per channel in time buckets (the /status page);
+# no content. Several processes add to the same row (relay/store_pg_buckets.py).
+_V5 = """
+CREATE TABLE IF NOT EXISTS availability_buckets (
+    scope          text             NOT NULL,
+    name           text             NOT NULL,
+    start          bigint           NOT NULL,
+    ok             bigint           NOT NULL DEFAULT 0,
+    failed         bigint           NOT NULL DEFAULT 0,
+    latency_ms_sum double precision NOT NULL DEFAULT 0,
+    latency_n      bigint           NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, name, start)
+);
+CREATE INDEX IF NOT EXISTS availability_buckets_start ON availability_buckets (start);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)

@@ -76,4 +76,20 @@ _V4 = (
     "CREATE INDEX IF NOT EXISTS response_bindings_expiry ON response_bindings (expires_at)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4)
+# Version 5: availability history, counts of outcomes per model and per channel in time buckets (the
+# /status page); no content. Several processes add to the same row (relay/store_buckets.py).
+_V5 = (
+    """CREATE TABLE IF NOT EXISTS availability_buckets (
+    scope          TEXT    NOT NULL,
+    name           TEXT    NOT NULL,
+    start          INTEGER NOT NULL,
+    ok             INTEGER NOT NULL DEFAULT 0,
+    failed         INTEGER NOT NULL DEFAULT 0,
+    latency_ms_sum REAL    NOT NULL DEFAULT 0,
+    latency_n      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, name, start)
+)""",
+    "CREATE INDEX IF NOT EXISTS availability_buckets_start ON availability_buckets (start)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5)

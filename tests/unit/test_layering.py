@@ -12,10 +12,12 @@ ORDER = [
     "types", "tasks", "quiet_log", "access_log", "redact", "client_addr", "config_yaml", "egress", "config_health",
     "config", "config_check", "errors", "endpoints", "admin_openapi", "sse", "tokens", "usage", "billing", "balances",
     "limits", "limits_redis", "health", "adapters", "probes", "metrics",
-    "store_api", "store_spend", "store_schema", "store", "store_pg_schema", "store_pg", "storage", "auth", "router",
+    "store_api", "store_spend", "store_schema", "store_buckets", "store", "store_pg_schema", "store_pg_buckets",
+    "store_pg", "storage", "auth", "router",
     "health_redis", "bindings", "bindings_redis", "upstream", "prober", "health_webhook", "health_service", "ledger",
-    "proxy", "web_api", "web_gemini", "web_billing", "web_ops", "web_admin_guard", "web_admin", "web_admin_health",
-    "workers", "middleware", "http_server", "app", "dbcopy", "cli_channels", "cli",
+    "availability", "proxy", "web_api", "web_gemini", "web_billing", "status_page", "status_data", "web_ops",
+    "web_admin_guard", "web_admin", "web_admin_health", "workers", "middleware", "http_server", "app", "dbcopy",
+    "cli_channels", "cli",
 ]
 ONLY_IN = {
     "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},
