@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import tokens, web_admin, web_api, web_ops
+from . import channels, tokens, web_admin, web_admin_channels, web_api, web_ops
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
 from .bindings_redis import RedisBindings
+from .channel_watch import ChannelWatch
 from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
 from .health import Outage
@@ -33,6 +34,7 @@ from .limits import LocalLimiter
 from .limits_redis import RedisLimiter
 from .proxy import RATE_LIMIT_HEADERS, Proxy
 from .router import Router
+from .secretbox import SecretError, box_from_env
 from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
@@ -64,6 +66,10 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         except LookupError as e:
             raise ConfigError(f"channels[{i}].type: {e}") from None
 
+    try:
+        box = box_from_env()  # seals the secrets of channels added through the admin API
+    except SecretError as e:
+        raise ConfigError(str(e)) from None
     router = Router(cfg.channels, cfg.retry, sticky_ttl=cfg.routing.sticky_ttl)
     shared = _share(cfg, router)
     outage = None if shared is None else shared[0].outage
@@ -89,6 +95,11 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
+
+    def reloaded() -> None:  # the channels changed: the metrics' model labels follow
+        metrics.models = frozenset(router.models())
+
+    watch = ChannelWatch(store, router, box, cfg.channels, on_reload=reloaded)
     ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)
 
     app = web.Application(
@@ -113,12 +124,17 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         await store.retire_config_keys(r.id for r in config_keys)
         await keys.refresh()
         keys.start()
+        for name in await channels.seed(store, cfg):
+            log.info("channel %s is no longer in the config: removed", name)
+        await watch.refresh()  # the channels added through the admin API too, before serving
+        watch.start()
         await upstream.start()
         ledger.start()
         balances.start()
         bindings.start()
         yield
         await keys.close()
+        await watch.close()
         await ledger.close()
         await bindings.close()
         if redis_bindings is not None:
@@ -138,7 +154,11 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
 
     app.cleanup_ctx.append(lifecycle)
     # after the relay's own lifecycle: the admin API's connection opens once the schema exists
-    web_admin.add_routes(app, web_admin.AdminDeps(cfg, store, keys, balances))
+    admin = web_admin.AdminDeps(cfg, store, keys, balances)
+    web_admin.add_routes(app, admin)
+    web_admin_channels.add_routes(
+        app, cfg.admin_token, channels.ChannelService(admin.store, box, cfg.channels), watch,
+    )
     app.on_shutdown.append(drain)
     return app
 

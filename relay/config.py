@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .admin_schema import CHANNEL_FIELDS, CHANNEL_TYPES, FieldError
 from .config_yaml import ConfigError, Node, expand, read_yaml
 
 __all__ = [
@@ -33,9 +34,6 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
-
-CHANNEL_TYPES = ("openai", "azure", "anthropic", "gemini")
-
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -95,6 +93,8 @@ class ChannelConfig:
     api_version: str | None = None
     responses: bool = True  # openai/azure: the upstream has a Responses API (false: served over chat)
     vendor: str | None = None  # who makes its models, for /v1/models' owned_by (default: from type and base_url)
+    test_model: str | None = None  # the model health probes use (default: the first model)
+    proxy: str | None = None  # an HTTP proxy URL for its upstream traffic, or "env"
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -280,7 +280,7 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         c.mapping()
         c.allow(
             "name", "type", "base_url", "keys", "models", "model_map", "weight", "priority", "rpm", "tpm",
-            "headers", "api_version", "enabled", "responses", "vendor",
+            "headers", "api_version", "enabled", "responses", "vendor", "test_model", "proxy",
         )
         name = c.get_str("name")
         if not name:
@@ -288,15 +288,10 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         if name in names:
             raise ConfigError(f"{c.path}.name: duplicate channel name {name!r}")
         names.add(name)
-        ctype = c.get_str("type", "openai")
-        if ctype not in CHANNEL_TYPES:
-            raise ConfigError(f"{c.path}.type: must be one of {', '.join(CHANNEL_TYPES)}, not {ctype!r}")
-        base_url = c.get_str("base_url").rstrip("/")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{c.path}.base_url: must be an http:// or https:// URL")
-        models = c.get_str_list("models")
-        if not models:
-            raise ConfigError(f"{c.path}.models: at least one model is required")
+        # the admin API's rules (relay/admin_schema.py), under this channel's YAML path
+        ctype = _rule(c, "type", c.get_str("type", "openai"))
+        base_url = _rule(c, "base_url", c.get_str("base_url"))
+        models = _rule(c, "models", c.get_str_list("models"))
         keys = [k for k in c.get_str_list("keys", []) if k]
         enabled = c.get_bool("enabled", True)
         if not keys or not enabled:
@@ -314,7 +309,7 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 keys=tuple(keys),
                 models=tuple(models),
                 model_map=model_map,
-                weight=c.get_int("weight", 1, lo=1, hi=1000),
+                weight=c.get_int("weight", 1, lo=CHANNEL_FIELDS["weight"].lo, hi=CHANNEL_FIELDS["weight"].hi),
                 priority=c.get_int("priority", 0),
                 rpm=c.get_opt_int("rpm"),
                 tpm=c.get_opt_int("tpm"),
@@ -322,9 +317,18 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 api_version=c.get_str("api_version", "") or None,
                 responses=c.get_bool("responses", True),
                 vendor=c.get_str("vendor", "") or None,
+                test_model=c.get_str("test_model", "") or None,
+                proxy=_rule(c, "proxy", c.get_str("proxy", "") or None),
             )
         )
     return tuple(out), tuple(skipped)
+
+
+def _rule(c: Node, name: str, value: Any) -> Any:
+    try:
+        return CHANNEL_FIELDS.check(name, value)
+    except FieldError as e:
+        raise ConfigError(f"{c.path}.{name}: {e.message.rstrip('.')}") from None
 
 
 def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:

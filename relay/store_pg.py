@@ -23,6 +23,7 @@ from .store_api import (
     ADMIN_KEY_FIELDS, KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, StoreError, column_value, key_from_row,
     usage_row,
 )
+from .store_pg_channels import PgChannels
 from .store_pg_schema import MIGRATIONS, REV_LOCK, SCHEMA_LOCK
 from .types import KeyRecord, UsageRecord
 
@@ -70,7 +71,7 @@ _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 _KEY_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 18))
 
 
-class PgStore:
+class PgStore(PgChannels):
     def __init__(self, url: str, max_connections: int = 4) -> None:
         self.url = url
         self._max = max_connections

@@ -247,11 +247,11 @@ class AdminDeps:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_answer(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def _body(request: web.Request, required: bool = True) -> dict[str, Any]:
+async def read_body(request: web.Request, required: bool = True) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         if required:
@@ -266,8 +266,9 @@ async def _body(request: web.Request, required: bool = True) -> dict[str, Any]:
     return data
 
 
-def add_routes(app: web.Application, deps: AdminDeps) -> None:
-    token = deps.cfg.admin_token.encode() if deps.cfg.admin_token else None
+def admin_guard(admin_token: str | None) -> Callable[[Handler], Handler]:
+    """Wraps an admin handler: it runs only for `Authorization: Bearer <admin_token>` (every /admin route)."""
+    token = admin_token.encode() if admin_token else None
 
     def guarded(handler: Handler) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -290,37 +291,43 @@ def add_routes(app: web.Application, deps: AdminDeps) -> None:
 
         return handle
 
+    return guarded
+
+
+def add_routes(app: web.Application, deps: AdminDeps) -> None:
+    guarded = admin_guard(deps.cfg.admin_token)
+
     async def create(request: web.Request) -> web.StreamResponse:
-        record, secret = await create_key(deps.store, key_fields(await _body(request), creating=True))
+        record, secret = await create_key(deps.store, key_fields(await read_body(request), creating=True))
         await deps.changed(record)
-        return _json({**deps.view(record), "key": secret}, status=201)
+        return json_answer({**deps.view(record), "key": secret}, status=201)
 
     async def list_(request: web.Request) -> web.StreamResponse:
-        return _json({"object": "list", "data": [deps.view(k) for k in await deps.store.list_keys()]})
+        return json_answer({"object": "list", "data": [deps.view(k) for k in await deps.store.list_keys()]})
 
     async def get(request: web.Request) -> web.StreamResponse:
-        return _json(deps.view(await resolve_key(deps.store, request.match_info["id"])))
+        return json_answer(deps.view(await resolve_key(deps.store, request.match_info["id"])))
 
     async def patch(request: web.Request) -> web.StreamResponse:
-        fields = key_fields(await _body(request), creating=False)
+        fields = key_fields(await read_body(request), creating=False)
         record = await resolve_key(deps.store, request.match_info["id"])
         updated = await deps.store.update_key(record.id, fields)
         if updated is None:
             raise NotFound("The key was deleted meanwhile.", param="id", code="key_not_found")
         await deps.changed(updated)
-        return _json(deps.view(updated))
+        return json_answer(deps.view(updated))
 
     async def revoke(request: web.Request) -> web.StreamResponse:
-        await _body(request, required=False)
+        await read_body(request, required=False)
         record = await resolve_key(deps.store, request.match_info["id"])
         updated = await deps.store.update_key(record.id, {"status": "revoked"})
         if updated is None:
             raise NotFound("The key was deleted meanwhile.", param="id", code="key_not_found")
         await deps.changed(updated)
-        return _json(deps.view(updated))
+        return json_answer(deps.view(updated))
 
     async def topup(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await read_body(request)
         for name in body:
             if name != "usd":
                 raise InvalidRequest(f"Unknown field '{name}'. Allowed fields: usd.", param=name, code="unknown_parameter")
@@ -335,7 +342,7 @@ def add_routes(app: web.Application, deps: AdminDeps) -> None:
         if updated is None:
             raise NotFound("The key was deleted meanwhile.", param="id", code="key_not_found")
         await deps.changed(updated)
-        return _json(deps.view(updated))
+        return json_answer(deps.view(updated))
 
     async def usage(request: web.Request) -> web.StreamResponse:
         q = request.query
@@ -350,10 +357,10 @@ def add_routes(app: web.Application, deps: AdminDeps) -> None:
         rows = await deps.store.usage_summary(key_id, since, by)
         for r in rows:
             r["total_tokens"] = r["prompt_tokens"] + r["completion_tokens"]
-        return _json({"object": "list", "by": by, "data": rows})
+        return json_answer({"object": "list", "by": by, "data": rows})
 
     async def openapi(request: web.Request) -> web.StreamResponse:
-        return _json(OPENAPI)
+        return json_answer(OPENAPI)
 
     r = app.router
     r.add_post("/admin/keys", guarded(create))
