@@ -76,7 +76,9 @@ class Spec:
             lo = -_MAX_INT if self.lo is None else self.lo
             hi = _MAX_INT if self.hi is None else self.hi
             if not lo <= value <= hi:
-                raise FieldError(self.name, f"must be between {lo} and {hi}.")
+                if self.hi is None:
+                    raise FieldError(self.name, f"must be at least {lo}, not {value}.")
+                raise FieldError(self.name, f"must be between {lo} and {hi}, not {value}.")
             return value
         if kind == "bool":
             if not isinstance(value, bool):

@@ -1,4 +1,4 @@
-"""The `relay` command: serve | keys create|list|revoke|topup | usage | db migrate|copy.
+"""The `relay` command: serve | keys create|list|revoke|topup | usage | db migrate|copy | channels list.
 
 The key and usage commands open the configured database directly (a SQLite file or PostgreSQL), so they
 work whether or not the relay is running (WAL and a busy timeout let them share a SQLite file); a running
@@ -21,13 +21,15 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from . import cli_channels
 from .config import Config, ConfigError, load_config
 from .errors import RelayError
 from .dbcopy import NotARelayDatabase, check_source, copy_sqlite
 from .storage import DATABASE_ERRORS, Storage, is_postgres, make_store, mask_url
 from .store_pg import PgStore
 from .types import KeyRecord
-from .web_admin import LIMITS, create_key, day_start, key_fields, resolve_key, topup_usd
+from .secretbox import SecretError, box_from_env
+from .keys import LIMITS, KeyConflict, create_key, day_start, key_fields, resolve_key, revoke_key, top_up
 
 __all__ = ["main"]
 
@@ -115,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     cp = ds.add_parser("copy", help="copy a SQLite deployment (keys, balances, ledger) into the config's PostgreSQL")
     cp.add_argument("--from", dest="source", required=True, metavar="SQLITE_FILE", help="the relay.db to copy")
     cp.add_argument("--config", required=True, help="path to config.yaml (its database: a postgresql:// URL)")
+
+    cli_channels.add_parser(sub)
     return p
 
 
@@ -158,6 +162,14 @@ def _run_db_command(cfg: Config, args: argparse.Namespace) -> int:
         command = _usage
     elif args.command == "db":
         command = {"migrate": _migrate, "copy": _copy}[args.action]
+    elif args.command == "channels":
+        try:
+            box = box_from_env()
+        except SecretError as e:
+            raise ConfigError(str(e)) from None
+
+        async def command(store: Storage, args: argparse.Namespace) -> None:
+            await cli_channels.list_channels(store, cfg, box, args.json, _table)
     else:
         command = {"create": _create, "list": _list, "revoke": _revoke, "topup": _topup}[args.action]
 
@@ -277,22 +289,17 @@ async def _list(store: Storage, args: argparse.Namespace) -> None:
 
 
 async def _revoke(store: Storage, args: argparse.Namespace) -> None:
-    record = await resolve_key(store, args.key)
-    if record.status == "revoked":
-        print(f"{record.id} ({record.prefix}, {record.name}) was already revoked")
-        return
-    await store.update_key(record.id, {"status": "revoked"})
-    print(f"{record.id} ({record.prefix}, {record.name}) revoked")
+    record, already = await revoke_key(store, args.key)
+    print(f"{record.id} ({record.prefix}, {record.name}) {'was already revoked' if already else 'revoked'}")
 
 
 async def _topup(store: Storage, args: argparse.Namespace) -> None:
-    topup_usd(args.usd)
-    record = await resolve_key(store, args.key)
-    if record.granted_usd is None:
-        raise UserError(f"{record.id} ({record.prefix}) has an unlimited balance: there is nothing to top up")
-    updated = await store.top_up(record.id, args.usd)
-    if updated is None or updated.granted_usd is None:
-        raise UserError(f"{record.id} changed while it was being topped up; run the command again")
+    try:
+        updated = await top_up(store, args.key, args.usd)
+    except KeyConflict:
+        record = await resolve_key(store, args.key)
+        raise UserError(f"{record.id} ({record.prefix}) has an unlimited balance: there is nothing to top up") from None
+    assert updated.granted_usd is not None
     remaining = updated.granted_usd - updated.spent_usd
     print(f"{updated.id} ({updated.prefix}): granted {_money(updated.granted_usd)}, "
           f"spent {_money(updated.spent_usd)}, remaining {_money(remaining)}")

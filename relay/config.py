@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .admin_schema import CHANNEL_FIELDS, CHANNEL_TYPES, FieldError
+from .admin_schema import CHANNEL_FIELDS, CHANNEL_TYPES, FieldError  # noqa: F401 - CHANNEL_TYPES re-exported
 from .config_yaml import ConfigError, Node, expand, read_yaml
 
 __all__ = [
@@ -309,10 +309,10 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 keys=tuple(keys),
                 models=tuple(models),
                 model_map=model_map,
-                weight=c.get_int("weight", 1, lo=CHANNEL_FIELDS["weight"].lo, hi=CHANNEL_FIELDS["weight"].hi),
-                priority=c.get_int("priority", 0),
-                rpm=c.get_opt_int("rpm"),
-                tpm=c.get_opt_int("tpm"),
+                weight=_rule(c, "weight", c.get_int("weight", 1)),
+                priority=_rule(c, "priority", c.get_int("priority", 0)),
+                rpm=_rule(c, "rpm", c.get_opt_int("rpm")),
+                tpm=_rule(c, "tpm", c.get_opt_int("tpm")),
                 headers=headers,
                 api_version=c.get_str("api_version", "") or None,
                 responses=c.get_bool("responses", True),

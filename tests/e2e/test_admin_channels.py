@@ -5,6 +5,7 @@ request, keys never shown nor stored in clear, RELAY_SECRET required for them, a
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,10 +15,11 @@ import aiohttp
 import jsonschema
 import orjson
 import pytest
+import yaml
 from aiohttp.test_utils import TestServer
 
 from bench import fake_upstream as fake
-from tests.conftest import CLIENT_KEY, RelayFactory, Upstream
+from tests.conftest import CLIENT_KEY, MODELS, ROOT, Upstream, relay_config
 
 ADMIN_TOKEN = "adm-" + "7a1e3c5b" * 4
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -344,3 +346,68 @@ async def test_openapi_lists_the_channel_routes_and_its_schemas_validate_the_ans
     check((await admin("DELETE", "/admin/channels/live")).json, "ChannelDeleted")
     check((await admin("GET", "/admin/channels/live")).json, "Error")
     check((await admin("POST", "/admin/channels", {"name": "y"})).json, "Error")
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("base_url", "ftp://x"), ("type", "nope"), ("models", []), ("weight", 0), ("weight", 5000), ("rpm", 0),
+    ("priority", 10**9), ("proxy", "socks://x"),
+])
+async def test_config_and_admin_api_refuse_a_bad_channel_with_the_same_words(
+    relay_factory, upstream, http, secret, tmp_path, field, value,
+):
+    """config.yaml (read by `relay channels list`) and POST /admin/channels share one schema."""
+    relay = await relay_factory(admin_token=ADMIN_TOKEN)
+    a = await Admin(http, relay.url)("POST", "/admin/channels", {**channel(upstream.url), field: value})
+    assert a.status == 400 and a.json["error"]["param"] == field
+    api_words = a.json["error"]["message"].removeprefix(f"'{field}' ").rstrip(".")
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(relay_config(upstream.url, str(tmp_path / "c.db"), channels=[
+        {"name": "bad", "base_url": upstream.url, "keys": ["k"], "models": ["demo"], field: value}])))
+    code, _, err = await cli("channels", "list", "--config", str(config))
+    assert code == 2 and err.strip() == f"relay: config error: channels[0].{field}: {api_words}", err
+
+
+@pytest.mark.parametrize(("flag", "value", "field"), [
+    ("--expires", "next tuesday", "expires_at"), ("--expires", "2001-01-01", "expires_at"),
+    ("--ip", "10.0.0.300", "ip_allow"), ("--group", " ", "group"),
+])
+async def test_cli_and_admin_api_refuse_a_bad_key_with_the_same_words(
+    relay_factory, upstream, http, tmp_path, flag, value, field,
+):
+    """`relay keys create` and POST /admin/keys call one key service (relay/keys.py)."""
+    relay = await relay_factory(admin_token=ADMIN_TOKEN)
+    body: dict[str, Any] = {"name": "k", field: [value] if field == "ip_allow" else value}
+    a = await Admin(http, relay.url)("POST", "/admin/keys", body)
+    assert a.status == 400 and a.json["error"]["param"] == field, a.body
+    api_words = a.json["error"]["message"].removeprefix(f"'{field}' ")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(relay_config(upstream.url, relay.database)))
+    code, _, err = await cli("keys", "create", "--config", str(config), "--name", "k", flag, value)
+    assert code == 2 and err.strip() == f"relay: {flag}: {api_words}", err
+
+
+async def test_channels_list_shows_config_and_api_channels(relay_factory, upstream, http, secret, tmp_path):
+    relay = await relay_factory(admin_token=ADMIN_TOKEN, prices=PRICES)
+    admin = Admin(http, relay.url)
+    assert (await admin("POST", "/admin/channels", channel(upstream.url, keys=[CANARY, CANARY + "2"]))).status == 201
+    assert (await admin("POST", "/admin/channels/live/accounts/0/disable")).status == 200
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(relay_config(upstream.url, relay.database)))
+    code, out, err = await cli("channels", "list", "--config", str(config))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "TYPE", "BASE_URL", "MODELS", "ACCOUNTS", "SOURCE", "ENABLED"]
+    assert lines[1].split() == ["fake", "openai", upstream.url, ",".join(MODELS), "3", "(3", "enabled)", "config", "yes"]
+    assert lines[2].split() == ["live", "openai", upstream.url, "live-model", "2", "(1", "enabled)", "api", "yes"]
+    assert CANARY not in out
+    code, out, _ = await cli("channels", "list", "--config", str(config), "--json")
+    assert code == 0 and [orjson.loads(x)["name"] for x in out.splitlines()] == ["fake", "live"] and CANARY not in out

@@ -10,8 +10,8 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 # Each module may import only modules listed before it (adapters count as one layer).
 ORDER = [
     "types", "tasks", "config_yaml", "admin_schema", "config", "errors", "endpoints", "secretbox", "admin_openapi", "sse", "tokens", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters", "metrics",
-    "store_api", "store_schema", "store_channels", "store", "store_pg_schema", "store_pg_channels", "store_pg", "storage", "auth", "router", "channels", "channel_watch",
-    "health_redis", "bindings", "bindings_redis", "upstream", "ledger", "proxy", "web_api", "web_ops", "web_admin", "web_admin_channels", "workers", "app", "dbcopy", "cli",
+    "store_api", "store_schema", "store_channels", "store", "store_pg_schema", "store_pg_channels", "store_pg", "storage", "auth", "keys", "router", "channels", "channel_watch",
+    "health_redis", "bindings", "bindings_redis", "upstream", "ledger", "proxy", "web_api", "web_ops", "web_admin", "web_admin_channels", "workers", "app", "dbcopy", "cli_channels", "cli",
 ]
 ONLY_IN = {
     "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},
