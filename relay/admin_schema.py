@@ -106,8 +106,12 @@ class Spec:
             out = {"type": "string", "minLength": 1}
             if kind == "text":
                 out["maxLength"] = self.max_len
+                if self.create_only:
+                    out["pattern"] = "^[^/]+$"
             if kind == "url":
                 out["pattern"] = "^https?://"
+            if kind == "proxy":
+                out["pattern"] = "^(env|https?://.+)$"
         elif kind == "enum":
             out = {"enum": list(self.choices)}
         elif kind == "int":
