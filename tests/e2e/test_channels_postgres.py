@@ -6,6 +6,8 @@ the database holds an upstream key in clear. Without PostgreSQL these tests skip
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 import yaml
 
 from tests.pg import pg_database
-from tests.procs import Processes
+from tests.procs import ROOT, Processes
 
 ADMIN_TOKEN = "adm-" + "3d9b6f21" * 4
 CLIENT_KEY = "sk-pgchan-" + "c0ffee12" * 5
@@ -108,3 +110,35 @@ async def test_a_change_through_one_process_reaches_the_other_within_a_second(
         assert (await call(http, "DELETE", b + "/admin/channels/live"))[0] == 200
         await within(1.0, lambda: serves(a, "live-2", 404))
         assert await serves(a, "demo")
+
+
+async def test_db_copy_takes_the_api_channels_along_still_sealed(tmp_path, processes, database, monkeypatch):
+    monkeypatch.setenv("RELAY_SECRET", SECRET)
+    upstream = await processes.fake_upstream()
+    raw = {
+        "server": {"host": "127.0.0.1", "shutdown_grace": 2}, "admin_token": ADMIN_TOKEN,
+        "client_keys": [{"name": "test", "key": CLIENT_KEY}],
+        "channels": [{"name": "fake", "type": "openai", "base_url": upstream, "keys": ["acct-0"], "models": ["demo"]}],
+        "prices": {"demo": {"free": True}, "live-model": {"free": True}}, "log_level": "warning",
+    }
+    sqlite_config = tmp_path / "sqlite.yaml"
+    sqlite_config.write_text(yaml.safe_dump({**raw, "database": str(tmp_path / "relay.db")}))
+    proc, url = await processes.relay(sqlite_config, log="sqlite.log")
+    async with aiohttp.ClientSession() as http:
+        status, _ = await call(http, "POST", url + "/admin/channels", {
+            "name": "live", "base_url": upstream, "keys": [CANARY], "models": ["live-model"]})
+        assert status == 201
+    proc.terminate()
+    proc.wait(timeout=20)
+    pg_config = tmp_path / "pg.yaml"
+    pg_config.write_text(yaml.safe_dump({**raw, "database": database}))
+    for expected in ("channels: 1 copied, 0 already there", "channels: 0 copied, 1 already there"):
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", "db", "copy", "--from", str(tmp_path / "relay.db"), "--config", str(pg_config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0 and done.stdout.strip().endswith(expected), (done.stdout, done.stderr)
+    _, pg = await processes.relay(pg_config, log="pg.log")
+    async with aiohttp.ClientSession() as http:
+        status, body = await chat(http, pg, "live-model")
+        assert status == 200, body
