@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .admin_schema import CHANNEL_FIELDS
+from .admin_schema import CHANNEL_FIELDS, KEY_FIELDS
 
 __all__ = ["OPENAPI"]
 
@@ -33,24 +33,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
             for s in (401, 403, *statuses)}
 
 
-_LIMIT_PROPS = {
-    name: _nullable("integer", f"{what}; null: no limit", minimum=1)
-    for name, what in (
-        ("rpm", "Requests per minute"), ("rpd", "Requests per day"), ("tpm", "Tokens per minute"),
-        ("tpd", "Tokens per day"), ("ipm", "Images per minute"),
-    )
-}
-_WRITABLE = {
-    "name": {"type": "string", "minLength": 1, "maxLength": 200},
-    "models": {"type": ["array", "null"], "items": {"type": "string"},
-               "description": "Model names or globs (gpt-4o*) the key may use; empty or null: every model"},
-    "expires_at": {"type": ["string", "number", "null"],
-                   "description": "ISO 8601 (a naive time is UTC) or unix seconds; null: never"},
-    "ip_allow": {"type": ["array", "null"], "items": {"type": "string"},
-                 "description": "CIDR blocks the key may be used from; empty or null: any address"},
-    "group": {"type": "string", "description": "Billing group (its price multiplier is in billing.groups)"},
-    **_LIMIT_PROPS,
-}
+# What a key answer shows of the writable fields, as KEY_FIELDS (relay/admin_schema.py) describes them.
+_WRITABLE = {s.name: s.json_schema() for s in KEY_FIELDS.shown() if s.name not in ("quota_usd", "status")}
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "The key's id (key_...) or its displayed prefix (sk-XXXX)"}
 _KEY_OUT = _ok("The key", _ref("Key"))
@@ -210,16 +194,8 @@ OPENAPI: dict[str, Any] = {
             "KeyCreated": {"allOf": [_ref("Key"), {
                 "type": "object", "required": ["key"],
                 "properties": {"key": {"type": "string", "description": "The secret; returned only by this call"}}}]},
-            "KeyCreate": {
-                "type": "object", "required": ["name"], "additionalProperties": False,
-                "properties": {**_WRITABLE, "quota_usd": _nullable(
-                    "number", "USD the key may spend (top-ups add to it); null or absent: unlimited", minimum=0)},
-            },
-            "KeyUpdate": {
-                "type": "object", "additionalProperties": False,
-                "properties": {**_WRITABLE, "status": {"enum": ["active", "revoked"]},
-                               "granted_usd": _nullable("number", "Sets the granted USD; null: unlimited", minimum=0)},
-            },
+            "KeyCreate": KEY_FIELDS.json_schema(creating=True),
+            "KeyUpdate": KEY_FIELDS.json_schema(creating=False),
             "UsageRow": {
                 "type": "object",
                 "required": ["requests", "ok", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"],

@@ -1,5 +1,5 @@
-"""Field specs of what the operator writes (channels), from which both the checks and the JSON Schema of the
-admin API's OpenAPI document are derived, so a rule is written once. Pure: no framework, no I/O.
+"""Field specs of what the operator writes (channels, client keys), from which both the checks and the JSON
+Schema of the admin API's OpenAPI document are derived, so a rule is written once. Pure: no framework, no I/O.
 
 config.yaml's channel parser uses the same rules (relay/config.py): a type, URL, model list or weight that
 the admin API refuses is refused in config.yaml with the same words, under the field's YAML path.
@@ -9,15 +9,19 @@ A failed check raises FieldError(param, message); the admin API renders it in Op
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["CHANNEL_FIELDS", "CHANNEL_TYPES", "FieldError", "Spec", "Specs"]
+__all__ = ["CHANNEL_FIELDS", "CHANNEL_TYPES", "KEY_FIELDS", "FieldError", "Spec", "Specs", "iso_time", "unix_time"]
 
 CHANNEL_TYPES = ("openai", "azure", "anthropic", "gemini")
 _MAX_INT = 10**15
+_MAX_USD = 1e12
 
 
 class FieldError(ValueError):
@@ -29,7 +33,7 @@ class FieldError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Spec:
     """One writable field. kind: text | url | proxy | int | bool | enum | names (a list of non-empty
-    strings) | map (string -> string)."""
+    strings) | map (string -> string) | usd (a number of USD) | time (ISO 8601 or unix seconds) | cidrs."""
 
     name: str
     kind: str
@@ -43,14 +47,33 @@ class Spec:
     min_items: int = 0
     write_only: bool = False  # a secret: accepted, never shown
     create_only: bool = False  # set on create, not changed afterwards (the name: it is the row's key)
+    update_only: bool = False  # changed after creation only (a key's status)
 
     def check(self, value: Any) -> Any:
         """The checked value (lists as tuples, text stripped), or FieldError naming the field."""
         if value is None:
             if self.nullable:
-                return None
+                return () if self.kind in ("names", "cidrs") else None  # a null list: an empty one
             raise FieldError(self.name, "must not be null.")
         kind = self.kind
+        if kind == "usd":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise FieldError(self.name, "must be a number of USD" + (" (or null for no limit)." if self.nullable else "."))
+            if not 0 <= value <= _MAX_USD:
+                raise FieldError(self.name, f"must be between 0 and {_MAX_USD:.0f}.")
+            return float(value)
+        if kind == "time":
+            return unix_time(self.name, value)
+        if kind == "cidrs":
+            out = []
+            for v in Spec(self.name, "names", self.doc).check(value):
+                try:
+                    out.append(str(ipaddress.ip_network(v, strict=False)))
+                except ValueError:
+                    raise FieldError(
+                        self.name, f"holds {v!r}, which is not an IP address or CIDR block (e.g. 10.0.0.0/8).",
+                    ) from None
+            return tuple(dict.fromkeys(out))
         if kind in ("text", "url", "proxy", "enum"):
             if not isinstance(value, str):
                 raise FieldError(self.name, "must be a string.")
@@ -122,15 +145,21 @@ class Spec:
                 out["maximum"] = self.hi
         elif kind == "bool":
             out = {"type": "boolean"}
-        elif kind == "names":
+        elif kind in ("names", "cidrs"):
             out = {"type": "array", "items": {"type": "string", "minLength": 1}}
             if self.min_items:
                 out["minItems"] = self.min_items
+        elif kind == "usd":
+            out = {"type": "number", "minimum": 0, "maximum": _MAX_USD}
+        elif kind == "time":
+            out = {"type": ["string", "number"]}
         else:
             out = {"type": "object", "additionalProperties": {"type": "string"}}
         if self.nullable:
             if "enum" in out:
                 out["enum"].append(None)
+            elif isinstance(out["type"], list):
+                out["type"].append("null")
             else:
                 out["type"] = [out["type"], "null"]
         out["description"] = self.doc
@@ -153,7 +182,7 @@ class Specs:
 
     def check_body(self, data: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
         """A create or update body -> checked values; unknown, missing or (on update) fixed fields refused."""
-        allowed = [s.name for s in self.fields.values() if creating or not s.create_only]
+        allowed = [s.name for s in self._specs(creating)]
         for name in data:
             if name not in allowed:
                 raise FieldError(name, f"is not a field here. Allowed fields: {', '.join(allowed)}.", "unknown_parameter")
@@ -163,8 +192,11 @@ class Specs:
                     raise FieldError(s.name, "is required.", "missing_required_parameter")
         return {name: self.fields[name].check(value) for name, value in data.items()}
 
+    def _specs(self, creating: bool) -> list[Spec]:
+        return [s for s in self.fields.values() if not (s.update_only if creating else s.create_only)]
+
     def json_schema(self, *, creating: bool) -> dict[str, Any]:
-        specs = [s for s in self.fields.values() if creating or not s.create_only]
+        specs = self._specs(creating)
         out: dict[str, Any] = {
             "type": "object", "additionalProperties": False,
             "properties": {s.name: s.json_schema() for s in specs},
@@ -176,6 +208,45 @@ class Specs:
     def shown(self) -> list[Spec]:
         return [s for s in self.fields.values() if not s.write_only]
 
+
+def iso_time(text: str) -> float:
+    """ISO 8601 -> unix seconds (a naive time or a bare date is UTC); ValueError if it is not one."""
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def unix_time(param: str, value: Any) -> float:
+    """ISO 8601 or unix seconds -> unix seconds, or FieldError."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or value <= 0:
+            raise FieldError(param, "must be a positive unix time or an ISO 8601 date.")
+        return float(value)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            return float(text) if text.replace(".", "", 1).isdigit() else iso_time(text)
+        except ValueError:
+            pass
+    raise FieldError(param, f"must be an ISO 8601 date or time (e.g. 2030-01-31 or 2030-01-31T12:00:00Z), not {value!r}.")
+
+
+KEY_FIELDS = Specs(
+    Spec("name", "text", "A label for the key", required=True, max_len=200),
+    Spec("quota_usd", "usd", "USD the key may spend (top-ups add to it); null or absent: unlimited", nullable=True),
+    Spec("granted_usd", "usd", "USD granted (quota and top-ups); setting it sets the balance; null: unlimited",
+         nullable=True),
+    *(Spec(name, "int", f"{what}; null: no limit", nullable=True, lo=1, hi=_MAX_INT) for name, what in (
+        ("rpm", "Requests per minute"), ("rpd", "Requests per day"), ("tpm", "Tokens per minute"),
+        ("tpd", "Tokens per day"), ("ipm", "Images per minute"))),
+    Spec("models", "names", "Model names or globs (gpt-4o*) the key may use; empty or null: every model", nullable=True),
+    Spec("expires_at", "time", "ISO 8601 (a naive time is UTC) or unix seconds; null: never", nullable=True),
+    Spec("ip_allow", "cidrs", "CIDR blocks the key may be used from; empty or null: any address", nullable=True),
+    Spec("group", "text", "Billing group (its price multiplier is in billing.groups)", max_len=64),
+    Spec("status", "enum", "active, or revoked (it stops working; its usage history is kept)",
+         choices=("active", "revoked"), update_only=True),
+)
 
 CHANNEL_FIELDS = Specs(
     Spec("name", "text", "The channel's name (unique; it names the channel in URLs, logs and metrics)",

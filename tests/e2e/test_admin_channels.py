@@ -346,6 +346,16 @@ async def test_openapi_lists_the_channel_routes_and_its_schemas_validate_the_ans
     check((await admin("DELETE", "/admin/channels/live")).json, "ChannelDeleted")
     check((await admin("GET", "/admin/channels/live")).json, "Error")
     check((await admin("POST", "/admin/channels", {"name": "y"})).json, "Error")
+    # the key routes' schemas come from the same specs (relay/admin_schema.py's KEY_FIELDS)
+    key_body = {"name": "k", "quota_usd": 5, "rpm": 10, "models": ["demo"], "ip_allow": ["10.0.0.0/8"],
+                "expires_at": "2099-01-01"}
+    check(key_body, "KeyCreate")
+    key = await admin("POST", "/admin/keys", key_body)
+    check(key.json, "KeyCreated")
+    check((await admin("PATCH", f"/admin/keys/{key.json['id']}", {"status": "revoked"})).json, "Key")
+    with pytest.raises(jsonschema.ValidationError):
+        check({"name": "k", "status": "revoked"}, "KeyCreate")  # a new key is active
+    assert (await admin("POST", "/admin/keys", {"name": "k", "status": "revoked"})).status == 400
 
 
 async def cli(*args: str) -> tuple[int, str, str]:
