@@ -149,6 +149,8 @@ async def test_channel_added_changed_and_removed_under_load(relay_factory, upstr
     assert all(status == 200 or code == "model_not_found" for _, _, status, code in after), {r[2:] for r in after}
     assert any(code == "model_not_found" for *_, code in after)  # it stopped
     assert (await chat(http, relay.url, "live-2")).code == "model_not_found"
+    async with http.get(relay.url + "/metrics") as resp:  # the metrics' model labels followed the reload
+        assert 'model="live-model"' in await resp.text()
     models = await (await http.get(relay.url + "/v1/models", headers=CLIENT)).json()
     assert "live-model" not in {m["id"] for m in models["data"]}
     assert not any(CANARY.encode() in b for b in admin.seen)
