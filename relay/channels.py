@@ -11,7 +11,6 @@ so its keys never need to be in the database at all.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -29,8 +28,6 @@ __all__ = [
     "ChannelConflict", "ChannelService", "SECRET_FIELDS", "SecretRequired", "channel_fields", "config_of",
     "key_prefix", "row_of_config", "seed",
 ]
-
-log = logging.getLogger("relay.channels")
 
 SECRET_FIELDS = ("keys", "headers", "proxy")
 _SETTINGS = (
@@ -76,9 +73,8 @@ def _place(name: str, field: str) -> str:
 
 def _settings(values: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: values[k] for k in _SETTINGS if k in values}
-    for k in ("models",):
-        if k in out:
-            out[k] = list(out[k])
+    if "models" in out:
+        out["models"] = list(out["models"])
     if "model_map" in out:
         out["model_map"] = dict(out["model_map"])
     return out
@@ -168,7 +164,7 @@ class ChannelService:
             raise NotFound(f"No channel is named '{name}'.", param="name", code="channel_not_found")
         return row
 
-    async def list(self) -> list[ChannelRow]:
+    async def list_all(self) -> list[ChannelRow]:
         return await self.store.list_channels()
 
     async def create(self, data: Mapping[str, Any]) -> ChannelRow:

@@ -37,7 +37,7 @@ async def list_channels(
 ) -> None:
     await seed(store, cfg)
     service = ChannelService(store, box, cfg.channels)
-    views = [service.view(r) for r in await service.list()]
+    views = [service.view(r) for r in await service.list_all()]
     if json:
         for v in views:
             print(orjson.dumps(v).decode())

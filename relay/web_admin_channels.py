@@ -21,7 +21,7 @@ def add_routes(app: web.Application, admin_token: str | None, service: ChannelSe
     guarded = admin_guard(admin_token)
 
     async def list_(request: web.Request) -> web.StreamResponse:
-        rows = await service.list()
+        rows = await service.list_all()
         return json_answer({"object": "list", "data": [service.view(r) for r in rows]})
 
     async def create(request: web.Request) -> web.StreamResponse:
