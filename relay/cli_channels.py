@@ -7,7 +7,6 @@ channel the store holds, config.yaml's and those added through the admin API, as
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,14 +20,15 @@ from .store_api import Storage
 __all__ = ["add_parser", "list_channels"]
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """The `channels` group; returns its subparsers' holder so more actions can join `list`."""
+def add_parser(sub: Any) -> Any:
+    """The `channels` group with its `list` action; returns the group's subparsers, where more actions
+    (`relay channels test`) join it."""
     ch = sub.add_parser("channels", help="the channels: config.yaml's and those added through the admin API")
     actions = ch.add_subparsers(dest="action", required=True, parser_class=type(ch))
     ls = actions.add_parser("list", help="list channels (name, type, base_url, models, accounts, source, enabled)")
     ls.add_argument("--config", required=True, help="path to config.yaml")
     ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    return ch
+    return actions
 
 
 async def list_channels(
