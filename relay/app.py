@@ -14,7 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import config_check, tokens, web_admin, web_admin_health, web_api, web_billing, web_gemini, web_input, web_ops
+from . import (
+    channels, config_check, tokens, web_admin, web_admin_channels, web_admin_health, web_api, web_billing, web_gemini,
+    web_input, web_ops,
+)
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .availability import AvailabilityRecorder
@@ -24,6 +27,7 @@ from .bindings import ResponseBindings
 from .access_log import AccessLog
 from .bindings_redis import RedisBindings
 from .client_addr import ClientAddress
+from .channel_watch import ChannelWatch
 from .config import Config, ConfigError
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
@@ -37,6 +41,7 @@ from .middleware import errors_middleware, response_headers
 from .proxy import Proxy
 from .router import Router
 from .status_data import StatusBoard
+from .secretbox import SecretError, box_from_env
 from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
@@ -62,6 +67,10 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         except LookupError as e:
             raise ConfigError(f"channels[{i}].type: {e}") from None
 
+    try:
+        box = box_from_env()  # seals the secrets of channels added through the admin API
+    except SecretError as e:
+        raise ConfigError(str(e)) from None
     router = Router(cfg.channels, cfg.retry, sticky_ttl=cfg.routing.sticky_ttl)
     shared = _share(cfg, router)
     outage = None if shared is None else shared[0].outage
@@ -92,6 +101,11 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         availability,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
+
+    def reloaded() -> None:  # the channels changed: the metrics' model labels follow
+        metrics.models = frozenset(router.models())
+
+    watch = ChannelWatch(store, router, box, cfg.channels, on_reload=reloaded)
     health = HealthService(cfg, router, upstream, metrics, holder)
     health.prober.on_result = availability.observe_probe  # probes count in the status page's figures
     ops = web_ops.OpsDeps(
@@ -128,6 +142,10 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         await store.retire_config_keys(r.id for r in config_keys)
         await keys.refresh()
         keys.start()
+        for name in await channels.seed(store, cfg):
+            log.info("channel %s is no longer in the config: removed", name)
+        await watch.refresh()  # the channels added through the admin API too, before serving
+        watch.start()
         await upstream.start()
         await health.start()
         ledger.start()
@@ -137,6 +155,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         yield
         await health.close()  # first: its last transitions still reach the shared state
         await keys.close()
+        await watch.close()
         await ledger.close()
         await availability.close()
         await bindings.close()
@@ -157,7 +176,11 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
 
     app.cleanup_ctx.append(lifecycle)
     # after the relay's own lifecycle: the admin API's connection opens once the schema exists
-    web_admin.add_routes(app, web_admin.AdminDeps(cfg, store, keys, balances))
+    admin = web_admin.AdminDeps(cfg, store, keys, balances)
+    web_admin.add_routes(app, admin)
+    web_admin_channels.add_routes(
+        app, cfg.admin_token, channels.ChannelService(admin.store, box, cfg.channels), watch,
+    )
     web_admin_health.add_routes(app, cfg, health.prober)
     app.on_shutdown.append(drain)
     return app

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .admin_schema import CHANNEL_FIELDS, CHANNEL_TYPES, FieldError  # noqa: F401 - CHANNEL_TYPES re-exported
 from .config_health import HealthConfig, parse_health
 from .config_yaml import ConfigError, Node, expand, read_yaml
-from .egress import mask_proxy, valid_proxy
+from .egress import mask_proxy
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -39,9 +40,6 @@ __all__ = [
     "mask_proxy",
     "parse_config",
 ]
-
-CHANNEL_TYPES = ("openai", "azure", "anthropic", "gemini")
-
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -107,7 +105,7 @@ class ChannelConfig:
     api_version: str | None = None
     responses: bool = True  # openai/azure: the upstream has a Responses API (false: served over chat)
     vendor: str | None = None  # who makes its models, for /v1/models' owned_by (default: from type and base_url)
-    test_model: str = ""  # the public model health probes ask for (default: its first model)
+    test_model: str | None = None  # the public model health probes ask for (default: its first model)
     rerank_path: str | None = None  # where the upstream serves rerank: a path after base_url, or a whole URL
     # An HTTP proxy for this channel's upstream connections (a URL, credentials and all: a secret, never
     # shown), or "env" for HTTPS_PROXY / HTTP_PROXY / NO_PROXY. None: direct.
@@ -341,15 +339,10 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         if name in names:
             raise ConfigError(f"{c.path}.name: duplicate channel name {name!r}")
         names.add(name)
-        ctype = c.get_str("type", "openai")
-        if ctype not in CHANNEL_TYPES:
-            raise ConfigError(f"{c.path}.type: must be one of {', '.join(CHANNEL_TYPES)}, not {ctype!r}")
-        base_url = c.get_str("base_url").rstrip("/")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{c.path}.base_url: must be an http:// or https:// URL")
-        models = c.get_str_list("models")
-        if not models:
-            raise ConfigError(f"{c.path}.models: at least one model is required")
+        # the admin API's rules (relay/admin_schema.py), under this channel's YAML path
+        ctype = _rule(c, "type", c.get_str("type", "openai"))
+        base_url = _rule(c, "base_url", c.get_str("base_url"))
+        models = _rule(c, "models", c.get_str_list("models"))
         keys = [k for k in c.get_str_list("keys", []) if k]
         enabled = c.get_bool("enabled", True)
         if not keys or not enabled:
@@ -367,15 +360,15 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 keys=tuple(keys),
                 models=tuple(models),
                 model_map=model_map,
-                weight=c.get_int("weight", 1, lo=1, hi=1000),
-                priority=c.get_int("priority", 0),
-                rpm=c.get_opt_int("rpm"),
-                tpm=c.get_opt_int("tpm"),
+                weight=_rule(c, "weight", c.get_int("weight", 1)),
+                priority=_rule(c, "priority", c.get_int("priority", 0)),
+                rpm=_rule(c, "rpm", c.get_opt_int("rpm")),
+                tpm=_rule(c, "tpm", c.get_opt_int("tpm")),
                 headers=headers,
                 api_version=c.get_str("api_version", "") or None,
                 responses=c.get_bool("responses", True),
                 vendor=c.get_str("vendor", "") or None,
-                test_model=c.get_str("test_model", "") or models[0],
+                test_model=c.get_str("test_model", "") or None,
                 rerank_path=_rerank_path(c),
                 proxy=_proxy(c),
             )
@@ -412,10 +405,14 @@ def _rerank_path(c: Node) -> str | None:
 
 def _proxy(c: Node) -> str | None:
     proxy = c.get_str("proxy", "")
-    if proxy and not valid_proxy(proxy):
-        # the value is not echoed: it may hold the proxy's password
-        raise ConfigError(f"{c.path}.proxy: must be env or an http://[user:password@]host:port URL")
-    return proxy.rstrip("/") or None
+    return _rule(c, "proxy", proxy) if proxy else None  # the admin API's rule and words
+
+
+def _rule(c: Node, name: str, value: Any) -> Any:
+    try:
+        return CHANNEL_FIELDS.check(name, value)
+    except FieldError as e:
+        raise ConfigError(f"{c.path}.{name}: {e.message.rstrip('.')}") from None
 
 
 def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:

@@ -23,6 +23,7 @@ from .store_api import (
     ADMIN_KEY_FIELDS, KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, column_value, key_from_row, usage_row,
 )
 from .store_buckets import BucketsSql
+from .store_channels import SqliteChannels
 from .store_schema import COST_COLUMN, MIGRATIONS
 from .store_spend import SqliteSpend
 from .types import KeyRecord, UsageRecord
@@ -53,7 +54,7 @@ _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 _LEASE_EPSILON = 1e-9
 
 
-class Store(SqliteSpend, BucketsSql):
+class Store(SqliteSpend, BucketsSql, SqliteChannels):
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None

@@ -24,6 +24,7 @@ from .store_api import (
     usage_row,
 )
 from .store_pg_buckets import PgBucketsSql
+from .store_pg_channels import PgChannels
 from .store_pg_schema import MIGRATIONS, REV_LOCK, SCHEMA_LOCK
 from .store_spend import PgSpend
 from .types import KeyRecord, UsageRecord
@@ -72,7 +73,7 @@ _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 _KEY_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 18))
 
 
-class PgStore(PgSpend, PgBucketsSql):
+class PgStore(PgSpend, PgBucketsSql, PgChannels):
     def __init__(self, url: str, max_connections: int = 4) -> None:
         self.url = url
         self._max = max_connections

@@ -7,11 +7,12 @@ dollars are exact); times are unix seconds, as in SQLite. Applied by PgStore.ope
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_LOCK", "REV_LOCK"]
+__all__ = ["CHANNEL_REV_LOCK", "MIGRATIONS", "SCHEMA_LOCK", "REV_LOCK"]
 
 # pg_advisory_xact_lock keys (per database): one for migrations, one serializing key-table rev bumps.
 SCHEMA_LOCK = 0x72656C6179_0001  # "relay" 1
 REV_LOCK = 0x72656C6179_0002
+CHANNEL_REV_LOCK = 0x72656C6179_0011  # the channels table's rev bumps (relay/store_pg_channels.py)
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -98,4 +99,22 @@ CREATE TABLE IF NOT EXISTS availability_buckets (
 CREATE INDEX IF NOT EXISTS availability_buckets_start ON availability_buckets (start);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+# Channels managed at run time (relay/store_pg_channels.py); a deleted one stays as a tombstone with a rev.
+_V6 = """
+CREATE TABLE IF NOT EXISTS channels (
+    name         text             PRIMARY KEY,
+    source       text             NOT NULL,
+    settings     text             NOT NULL,
+    sealed       text             NOT NULL DEFAULT '{}',
+    accounts     text             NOT NULL DEFAULT '[]',
+    accounts_off text             NOT NULL DEFAULT '[]',
+    enabled      boolean          NOT NULL DEFAULT true,
+    deleted      boolean          NOT NULL DEFAULT false,
+    created_at   double precision NOT NULL,
+    updated_at   double precision NOT NULL,
+    rev          bigint           NOT NULL
+);
+CREATE INDEX IF NOT EXISTS channels_rev ON channels (rev);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)

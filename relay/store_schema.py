@@ -92,4 +92,23 @@ _V5 = (
     "CREATE INDEX IF NOT EXISTS availability_buckets_start ON availability_buckets (start)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5)
+# Version 6: channels managed at run time (relay/store_channels.py); settings and secrets as JSON text,
+# the secrets sealed with RELAY_SECRET. A deleted channel stays as a tombstone with a rev for the pollers.
+_V6 = (
+    """CREATE TABLE IF NOT EXISTS channels (
+    name         TEXT    PRIMARY KEY,
+    source       TEXT    NOT NULL,
+    settings     TEXT    NOT NULL,
+    sealed       TEXT    NOT NULL DEFAULT '{}',
+    accounts     TEXT    NOT NULL DEFAULT '[]',
+    accounts_off TEXT    NOT NULL DEFAULT '[]',
+    enabled      INTEGER NOT NULL DEFAULT 1,
+    deleted      INTEGER NOT NULL DEFAULT 0,
+    created_at   REAL    NOT NULL,
+    updated_at   REAL    NOT NULL,
+    rev          INTEGER NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS channels_rev ON channels (rev)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5, _V6)

@@ -80,13 +80,22 @@ def add_model_routes(
     app: web.Application, router: Router, cfg: Config, authenticate: Callable[[web.Request], KeyRecord],
     alternate: Alternate | None = None,
 ) -> None:
-    objects = {m: _object(m, router.channels_of(m), cfg.prices.get(m)) for m in router.models()}
+    built: dict[int, dict[str, dict[str, Any]]] = {}  # router generation -> the model objects
+
+    def models() -> dict[str, dict[str, Any]]:
+        """Built once per router reload (channels changed at run time), not per request."""
+        objects = built.get(router.generation)
+        if objects is None:
+            objects = {m: _object(m, router.channels_of(m), cfg.prices.get(m)) for m in router.models()}
+            built.clear()
+            built[router.generation] = objects
+        return objects
 
     async def list_(request: web.Request) -> web.StreamResponse:
         if alternate is not None and (other := alternate(request)) is not None:
             return await other
         key = authenticate(request)
-        data = [obj for m, obj in objects.items() if key_allows(key, m)]
+        data = [obj for m, obj in models().items() if key_allows(key, m)]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
     async def one(request: web.Request) -> web.StreamResponse:
@@ -94,6 +103,7 @@ def add_model_routes(
             return await other
         key = authenticate(request)
         model = request.match_info["model"]
+        objects = models()
         if model not in objects or not key_allows(key, model):
             raise NotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
         return web.Response(body=orjson.dumps(objects[model]), content_type="application/json")
