@@ -27,6 +27,7 @@ from .config import Config, ConfigError
 from .errors import InvalidRequest, NotFound, RelayError, error_response, render_error
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
+from .journal import make_journal
 from .ledger import Ledger
 from .metrics import Metrics
 from .limits import LocalLimiter
@@ -78,7 +79,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         store, holder, cfg.billing.lease_ttl, cfg.billing.lease_fraction,
         on_store_error=lambda: metrics.store_error("balances"),
     )
-    ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written)
+    ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written, make_journal(cfg.ledger, cfg.database, holder))
     keys = KeyCache(store)
     limiter = _limiter(cfg, workers)
     redis_bindings = (
@@ -111,6 +112,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         for record in config_keys:
             await store.sync_config_key(record)
         await store.retire_config_keys(r.id for r in config_keys)
+        await ledger.recover()  # rows a killed process left in its journal, before any lease is taken
         await keys.refresh()
         keys.start()
         await upstream.start()

@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 ORDER = [
     "types", "tasks", "config_yaml", "config", "errors", "endpoints", "admin_openapi", "sse", "tokens", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters", "metrics",
     "store_api", "store_schema", "store", "store_pg_schema", "store_pg", "storage", "auth", "router",
-    "health_redis", "bindings", "bindings_redis", "upstream", "ledger", "proxy", "web_api", "web_ops", "web_admin", "workers", "app", "dbcopy", "cli",
+    "health_redis", "bindings", "bindings_redis", "upstream", "journal", "ledger", "proxy", "web_api", "web_ops", "web_admin", "workers", "app", "dbcopy", "cli",
 ]
 ONLY_IN = {
     "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},
