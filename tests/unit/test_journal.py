@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import orjson
@@ -36,7 +36,12 @@ def journal_files(d: Path) -> list[Path]:
 
 
 def lines(d: Path) -> list[bytes]:
-    return [ln for f in journal_files(d) for ln in f.read_bytes().splitlines()]
+    """The row lines of the journals in d (each file's first line names the fields)."""
+    return [ln for f in journal_files(d) for ln in f.read_bytes().splitlines()[1:]]
+
+
+def line(r: UsageRecord) -> bytes:
+    return orjson.dumps([getattr(r, f.name) for f in fields(UsageRecord)]) + b"\n"
 
 
 def books(path: Path) -> tuple[int, float, float]:
@@ -69,7 +74,11 @@ async def test_each_row_is_one_line_written_when_appended(tmp_path: Path) -> Non
     for r in rows:
         j.append(r)
     # in the file at once (no flush, no close): what a kill -9 right now would leave
-    assert [UsageRecord(**orjson.loads(ln)) for ln in lines(d)] == rows
+    (path,) = journal_files(d)
+    first, *rest = path.read_bytes().splitlines()
+    assert orjson.loads(first) == {"fields": [f.name for f in fields(UsageRecord)]}
+    assert [ln + b"\n" for ln in rest] == [line(r) for r in rows]
+    assert parse_rows(path.read_bytes()) == (rows, 0)
     j.close(all_written=True)
     assert not d.exists()
 
@@ -161,7 +170,7 @@ async def test_a_torn_last_line_is_ignored(tmp_path: Path, store: Store) -> None
     path = j.path
     assert path is not None
     j.close(all_written=False)
-    whole = orjson.dumps(row(3)) + b"\n"
+    whole = line(row(3))
     with open(path, "ab") as f:
         f.write(whole[: len(whole) // 2])  # the process died halfway through a write
     rows, bad = parse_rows(Path(path).read_bytes())
@@ -177,12 +186,21 @@ async def test_a_failed_write_does_not_glue_the_next_row_to_its_remains(tmp_path
     j.append(row(0))
     assert j.path is not None
     with open(j.path, "ab") as f:
-        f.write(b'{"request_id": "req_x", "ts"')  # what a write cut short by a full disk leaves
+        f.write(b'["req_x",1700000000.0,"k1"')  # what a write cut short by a full disk leaves
     j._torn = True
     j.append(row(1))
     rows, bad = parse_rows(Path(j.path).read_bytes())
     assert [r.request_id for r in rows] == ["req_0", "req_1"] and bad == 1
     j.close(all_written=True)
+
+
+def test_rows_of_a_journal_with_other_fields_are_read_by_name() -> None:
+    # a journal left by another version of the relay: a field it did not have takes its default, and a
+    # field this version does not know is left out
+    names = [f.name for f in fields(UsageRecord) if f.name != "cost_usd"] + ["future_field"]
+    r = row(1)
+    data = orjson.dumps({"fields": names}) + b"\n" + orjson.dumps([*(getattr(r, n) for n in names[:-1]), 3]) + b"\n"
+    assert parse_rows(data) == ([replace(r, cost_usd=0.0)], 0)
 
 
 async def test_a_live_process_journal_is_left_alone(tmp_path: Path, store: Store) -> None:
