@@ -1,8 +1,9 @@
 """Relay CPU per request with the ledger's journal on and off: `python -m bench.journal_ab [--rounds N]`.
 
-Two relays on SQLite (`ledger.journal: true` / `false`) behind one fake upstream, measured in alternating
-rounds (non-stream and stream chat, keep-alive connections), so a busy machine weighs on both alike.
-Prints the median CPU microseconds per request of each, and their difference.
+Two relays on SQLite (`ledger.journal: true` / `false`) behind one fake upstream, loaded at the same time
+on the same CPU in each round (non-stream, then stream chat, keep-alive connections), so whatever else the
+machine runs weighs on both alike. Prints the median CPU microseconds per request of each, and the median
+of the rounds' differences.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .measure import run_load
@@ -33,22 +35,29 @@ def main() -> None:
         }
         per_req: dict[tuple[bool, str], list[float]] = {}
         try:
-            for _ in range(args.rounds):
-                for mode in ("nonstream", "stream"):
-                    for on, (proc, key) in relays.items():
-                        r = run_load(url(proc.port), key, mode, args.requests, args.concurrency, proc.pid,
-                                     warmup=500)
-                        ok = r.get("ok", args.requests) or args.requests
-                        per_req.setdefault((on, mode), []).append(r["cpu_s"] / ok * 1e6)
+            with ThreadPoolExecutor(2) as pool:
+                for _ in range(args.rounds):
+                    for mode in ("nonstream", "stream"):
+                        # both at once, on the same CPU: whatever else the machine runs weighs on both alike
+                        runs = {
+                            on: pool.submit(run_load, url(proc.port), key, mode, args.requests, args.concurrency,
+                                            proc.pid, warmup=500)
+                            for on, (proc, key) in relays.items()
+                        }
+                        for on, fut in runs.items():
+                            r = fut.result()
+                            per_req.setdefault((on, mode), []).append(r["cpu_s"] / (r.get("ok") or args.requests) * 1e6)
         finally:
             for proc, _ in relays.values():
                 proc.stop()
             fake.stop()
     for mode in ("nonstream", "stream"):
-        on = statistics.median(per_req[(True, mode)])
-        off = statistics.median(per_req[(False, mode)])
+        ons, offs = per_req[(True, mode)], per_req[(False, mode)]
+        on, off = statistics.median(ons), statistics.median(offs)
+        paired = statistics.median(a - b for a, b in zip(ons, offs))
         print(f"{mode:>9}: journal on {on:6.1f} us/request, off {off:6.1f} us/request "
-              f"({on - off:+.1f} us, {100 * (on - off) / off:+.1f}%) over {args.rounds} rounds of {args.requests}")
+              f"(median of the rounds' differences {paired:+.1f} us) over {args.rounds} rounds of {args.requests}; "
+              f"on {' '.join(f'{x:.0f}' for x in ons)}, off {' '.join(f'{x:.0f}' for x in offs)}")
 
 
 if __name__ == "__main__":

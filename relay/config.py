@@ -78,7 +78,7 @@ class LedgerConfig:
     batch_size: int = 1000
     max_pending: int = 100_000  # past this the relay answers 503 instead of accepting unrecorded work
     journal: bool = True  # each row also goes to a file before its answer ends (relay/journal.py)
-    journal_dir: str | None = None  # default: relay-journal next to a SQLite file, in the working directory for PostgreSQL
+    journal_dir: str | None = None  # default: relay-journal/ by a SQLite file; in the working directory for PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)

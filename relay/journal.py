@@ -2,8 +2,8 @@
 
 Each process appends its rows to a file of its own in `ledger.journal_dir`, one line per row (a JSON array
 of the UsageRecord's fields, named once by the file's first line), with one `os.write` when the row is
-recorded: the request path never waits for a disk, and
-the kernel keeps what was written when the process is killed. The flusher fsyncs the journal once per
+recorded: the request path never waits for a disk, and the kernel keeps what was written when the process
+is killed. The flusher fsyncs the journal once per
 flush interval (so only a machine crash can lose rows: those appended since the last fsync), and forgets
 rows once the store holds them: with everything written the file is truncated; otherwise new rows go to a
 second file and the first is removed once its last row is written (so at most two files per process).
@@ -28,7 +28,7 @@ import operator
 import os
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import orjson
 
@@ -64,6 +64,9 @@ def make_journal(cfg: LedgerConfig, database: str, holder: str) -> Journal | Non
 
 
 def _tag(database: str) -> str:
+    if "://" in database:  # a server's database: not its user, password or options, which may change
+        u = urlsplit(database)
+        database = f"{u.hostname}:{u.port or 5432}{u.path}"
     return hashlib.sha256(database.encode()).hexdigest()[:12]
 
 
@@ -301,6 +304,23 @@ class Journal:
                     orphan.release()
                 else:
                     os.close(fd)
+
+    def strays(self) -> int:
+        """Journals in the directory of another database that no live process holds (never replayed here)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return 0
+        n = 0
+        for name in names:
+            if name.endswith(_SUFFIX) and not name.startswith(self._prefix):
+                try:
+                    fd = os.open(os.path.join(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                n += _try_lock(fd)
+                os.close(fd)
+        return n
 
     # -- files ----------------------------------------------------------------------------------------
 

@@ -80,6 +80,9 @@ class Ledger:
         try:
             await self._replay(wait_own=_OWN_WAIT)
             j.open()
+            if strays := j.strays():
+                log.warning("ledger journal: %d journals in %s are of another database: not written to this one",
+                            strays, j.directory)
         except OSError as e:
             raise ConfigError(f"ledger.journal_dir: cannot keep the journal in {j.directory} ({e.strerror})") from None
         self._next_scan = time.monotonic() + _SCAN_INTERVAL

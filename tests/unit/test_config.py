@@ -112,3 +112,13 @@ def test_database_may_be_a_postgresql_url_with_its_password_from_the_environment
     assert short.database == "postgres://relay:pw@db.internal:5432/relay"
     with pytest.raises(ConfigError, match=r"^database: .*not a mysql:// URL"):
         load_config(write(tmp_path, text.replace("postgresql://", "mysql://")), env={"K1": "x", "PGPASS": "pw"})
+
+
+def test_ledger_journal_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), env={})
+    assert cfg.ledger.journal is True and cfg.ledger.journal_dir is None  # default: by the database
+    cfg = load_config(write(tmp_path, BASE + "ledger: {journal: false, journal_dir: var/journal}\n"), env={})
+    assert cfg.ledger.journal is False
+    assert cfg.ledger.journal_dir == str((tmp_path / "var" / "journal").resolve())  # relative to the config file
+    with pytest.raises(ConfigError, match=r"^ledger\.journal: "):
+        parse_config({"ledger": {"journal": "sometimes"}}, {})

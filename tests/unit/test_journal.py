@@ -217,7 +217,9 @@ async def test_a_live_process_journal_is_left_alone(tmp_path: Path, store: Store
     assert books(tmp_path / DB)[0] == 1
 
 
-async def test_a_journal_of_another_database_is_not_replayed(tmp_path: Path, store: Store) -> None:
+async def test_a_journal_of_another_database_is_not_replayed(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture,
+) -> None:
     d = tmp_path / "j"
     j = Journal(str(d), str(tmp_path / "other.db"), HOLDER)
     j.open()
@@ -227,7 +229,22 @@ async def test_a_journal_of_another_database_is_not_replayed(tmp_path: Path, sto
     await lg.recover()
     assert books(tmp_path / DB)[0] == 0
     assert len(journal_files(d)) == 2
+    assert "1 journals in " in caplog.text and "are of another database" in caplog.text
     await lg.close()
+
+
+async def test_a_server_database_is_known_by_host_port_and_name_not_by_password(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    j = Journal(str(d), "postgresql://relay:old-secret@db.internal/relay", HOLDER)
+    j.open()
+    j.append(row(1))
+    j.close(all_written=False)
+    other = Journal(str(d), "postgresql://relay@db.internal:5432/other", HOLDER)
+    assert [o async for o in other.orphans()] == []
+    same = Journal(str(d), "postgres://relay:new-secret@db.internal:5432/relay?sslmode=require", HOLDER)
+    found = [(o.holder, o.rows) async for o in same.orphans()]
+    assert found == [(HOLDER, [row(1)])]
+    assert not any("secret" in p.name for p in journal_files(d))
 
 
 async def test_rows_the_store_did_not_take_at_shutdown_stay_for_the_next_start(tmp_path: Path, store: Store) -> None:
