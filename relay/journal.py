@@ -286,6 +286,9 @@ class Journal:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                log.error("ledger journal: cannot read %s (%s): its rows are not written", path, e.strerror)
+                continue
             orphan: Orphan | None = None
             try:
                 locked = _try_lock(fd)

@@ -143,7 +143,10 @@ class Ledger:
                 await self._journal.sync()
                 if self.store_ok and time.monotonic() >= self._next_scan:
                     self._next_scan = time.monotonic() + _SCAN_INTERVAL
-                    await self._replay()
+                    try:
+                        await self._replay()
+                    except OSError as e:  # the directory went away or cannot be read: the flusher goes on
+                        log.error("ledger journal: cannot look for journals to write (%s)", e.strerror)
 
     async def flush_once(self) -> bool:
         """Write one batch. False if the store failed (the rows stay queued, in order)."""
