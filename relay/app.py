@@ -33,6 +33,7 @@ from .health import Outage
 from .health_redis import RedisState, SharedBudgets
 from .health_service import HealthService
 from .http_server import RelayRunner
+from .journal import make_journal
 from .ledger import Ledger
 from .metrics import Metrics
 from .limits import LocalLimiter
@@ -85,7 +86,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         store, holder, cfg.billing.lease_ttl, cfg.billing.lease_fraction,
         on_store_error=lambda: metrics.store_error("balances"),
     )
-    ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written)
+    ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written, make_journal(cfg.ledger, cfg.database, holder))
     keys = KeyCache(store)
     limiter = _limiter(cfg, workers)
     if isinstance(limiter, RedisLimiter):
@@ -140,6 +141,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         for record in config_keys:
             await store.sync_config_key(record)
         await store.retire_config_keys(r.id for r in config_keys)
+        await ledger.recover()  # rows a killed process left in its journal, before any lease is taken
         await keys.refresh()
         keys.start()
         for name in await channels.seed(store, cfg):

@@ -87,6 +87,8 @@ class LedgerConfig:
     flush_interval: float = 0.5
     batch_size: int = 1000
     max_pending: int = 100_000  # past this the relay answers 503 instead of accepting unrecorded work
+    journal: bool = True  # each row also goes to a file before its answer ends (relay/journal.py)
+    journal_dir: str | None = None  # default: relay-journal/ by a SQLite file; in the working directory for PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     if cfg.database != ":memory:" and "://" not in cfg.database and not os.path.isabs(cfg.database):
         # a relative database path is relative to the config file, wherever the relay is started from
         cfg = replace(cfg, database=str((p.parent / cfg.database).resolve()))
+    jd = cfg.ledger.journal_dir
+    if jd is not None and not os.path.isabs(jd):  # relative to the config file too
+        cfg = replace(cfg, ledger=replace(cfg.ledger, journal_dir=str((p.parent / jd).resolve())))
     return cfg
 
 
@@ -252,6 +257,8 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         flush_interval=lg.get_float("flush_interval", LedgerConfig().flush_interval),
         batch_size=lg.get_int("batch_size", LedgerConfig().batch_size, lo=1),
         max_pending=lg.get_int("max_pending", LedgerConfig().max_pending, lo=1),
+        journal=lg.get_bool("journal", True),
+        journal_dir=lg.get_str("journal_dir", "") or None,
     )
     st = root.child("status")
     st.allow(*StatusConfig.__slots__)  # type: ignore[attr-defined]

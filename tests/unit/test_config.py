@@ -141,3 +141,13 @@ def test_per_request_price_and_a_bad_rerank_path() -> None:
     assert cfg.prices["rr"].per_request == 0.002
     with pytest.raises(ConfigError, match=r"channels\[0\].rerank_path"):
         parse_config(_channel(rerank_path="rerank"), env={})
+
+
+def test_ledger_journal_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), env={})
+    assert cfg.ledger.journal is True and cfg.ledger.journal_dir is None  # default: by the database
+    cfg = load_config(write(tmp_path, BASE + "ledger: {journal: false, journal_dir: var/journal}\n"), env={})
+    assert cfg.ledger.journal is False
+    assert cfg.ledger.journal_dir == str((tmp_path / "var" / "journal").resolve())  # relative to the config file
+    with pytest.raises(ConfigError, match=r"^ledger\.journal: "):
+        parse_config({"ledger": {"journal": "sometimes"}}, {})
