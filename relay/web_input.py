@@ -24,13 +24,14 @@ _MAX_FORM_FIELD = 64 * 1024  # a non-file multipart field (model, prompt, langua
 _SPOOL_IN_MEMORY = 1024 * 1024  # an upload is kept in memory up to this, then on disk
 
 
-def validate_messages(data: dict[str, Any]) -> str:
-    """The fields of a Messages request the relay itself reads or the API always requires."""
+def validate_messages(data: dict[str, Any], max_tokens: bool = True) -> str:
+    """The fields of a Messages request the relay itself reads or the API always requires (a token count
+    takes no max_tokens)."""
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model: Field required (a non-empty string).", param="model")
-    max_tokens = data.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    limit = data.get("max_tokens")
+    if max_tokens and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise InvalidRequest("max_tokens: Field required (an integer of at least 1).", param="max_tokens")
     messages = data.get("messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
