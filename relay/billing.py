@@ -51,7 +51,9 @@ class Pricing:
         if fixed is not None:
             return fixed
         body: Mapping[str, Any] = req.json or {}
-        prompt = prompt_tokens * _PROMPT_MARGIN * price.input / 1e6
+        # the whole prompt may be written to a prompt cache, which can cost more than input (Anthropic: 1.25x)
+        per_prompt_token = max(price.input, price.cache_write or 0.0)
+        prompt = prompt_tokens * _PROMPT_MARGIN * per_prompt_token / 1e6
         fields = _output_fields(req)
         if not fields:
             return prompt
@@ -65,10 +67,13 @@ class Pricing:
         if fixed is not None:
             return fixed
         cached = min(usage.cached_tokens, usage.prompt_tokens)
+        written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
         cached_price = price.input if price.cached_input is None else price.cached_input
+        write_price = price.input if price.cache_write is None else price.cache_write
         return (
-            (usage.prompt_tokens - cached) * price.input
+            (usage.prompt_tokens - cached - written) * price.input
             + cached * cached_price
+            + written * write_price
             + usage.completion_tokens * price.output
         ) / 1e6
 

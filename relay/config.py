@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .config_reasoning import parse_reasoning
 from .config_yaml import ConfigError, Node, expand, read_yaml
+from .types import ReasoningTable
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -95,6 +97,7 @@ class ChannelConfig:
     api_version: str | None = None
     responses: bool = True  # openai/azure: the upstream has a Responses API (false: served over chat)
     vendor: str | None = None  # who makes its models, for /v1/models' owned_by (default: from type and base_url)
+    reasoning: ReasoningTable = field(default_factory=ReasoningTable)  # the config's `reasoning:` table
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -102,10 +105,12 @@ class ChannelConfig:
 
 @dataclass(frozen=True, slots=True)
 class PriceConfig:
-    """USD per 1M tokens (input, cached_input, output), per image, per 1M characters, per audio minute."""
+    """USD per 1M tokens (input, cached_input, cache_write, output), per image, per 1M characters, per audio
+    minute."""
 
     input: float = 0.0
-    cached_input: float | None = None  # None: the input price
+    cached_input: float | None = None  # prompt tokens read from a prompt cache; None: the input price
+    cache_write: float | None = None  # prompt tokens written to a prompt cache; None: the input price
     output: float = 0.0
     image: float = 0.0  # per image when no size/quality entry matches
     images: Mapping[str, float] = field(default_factory=dict)  # "1024x1024" or "1024x1024/hd" -> USD
@@ -178,7 +183,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root.mapping()
     root.allow(
         "server", "admin_token", "database", "channels", "client_keys", "prices", "billing", "limits",
-        "timeouts", "retry", "routing", "ledger", "log_level",
+        "timeouts", "retry", "routing", "ledger", "log_level", "reasoning",
     )
     server = root.child("server")
     srv = ServerConfig(
@@ -217,7 +222,9 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         batch_size=lg.get_int("batch_size", LedgerConfig().batch_size, lo=1),
         max_pending=lg.get_int("max_pending", LedgerConfig().max_pending, lo=1),
     )
+    reasoning = parse_reasoning(root.child("reasoning"))
     channels, skipped = _channels(root.child("channels", default=[]))
+    channels = tuple(replace(c, reasoning=reasoning) for c in channels)
     keys = _client_keys(root.child("client_keys", default=[]))
     prices = _prices(root.child("prices"))
     b = root.child("billing")
@@ -356,12 +363,14 @@ def _prices(node: Node) -> dict[str, PriceConfig]:
     out: dict[str, PriceConfig] = {}
     for model in node.keys():
         p = node.child(model)
-        p.allow("input", "cached_input", "output", "image", "images", "characters", "minute", "free")
+        p.allow("input", "cached_input", "cache_write", "output", "image", "images", "characters", "minute", "free")
         im = p.child("images")
         cached = p.mapping().get("cached_input")
+        written = p.mapping().get("cache_write")
         out[model] = PriceConfig(
             input=p.get_float("input", 0.0, lo=0),
             cached_input=None if cached is None else p.get_float("cached_input", 0.0, lo=0),
+            cache_write=None if written is None else p.get_float("cache_write", 0.0, lo=0),
             output=p.get_float("output", 0.0, lo=0),
             image=p.get_float("image", 0.0, lo=0),
             images={size: im.get_float(size, 0.0, lo=0) for size in im.keys()},

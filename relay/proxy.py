@@ -422,6 +422,8 @@ class Proxy:
                 stream=req.stream,
                 attempts=trace.attempts,
                 cost_usd=cost,
+                cache_read_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
             )
         )
         self._metrics.observe_request(

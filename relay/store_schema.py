@@ -76,4 +76,10 @@ _V4 = (
     "CREATE INDEX IF NOT EXISTS response_bindings_expiry ON response_bindings (expires_at)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4)
+# Version 5: prompt tokens read from and written to the provider's prompt cache (each priced apart).
+_V5 = (
+    "ALTER TABLE usage ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0 CHECK (cache_read_tokens >= 0)",
+    "ALTER TABLE usage ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0 CHECK (cache_write_tokens >= 0)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5)

@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 
 # Each module may import only modules listed before it (adapters count as one layer).
 ORDER = [
-    "types", "tasks", "config_yaml", "config", "errors", "endpoints", "admin_openapi", "sse", "tokens", "tokens_messages", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters", "metrics",
+    "types", "tasks", "config_yaml", "config_reasoning", "config", "errors", "endpoints", "admin_openapi", "sse", "tokens", "tokens_messages", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters", "metrics",
     "store_api", "store_schema", "store", "store_pg_schema", "store_pg", "storage", "auth", "router",
     "health_redis", "bindings", "bindings_redis", "upstream", "ledger", "proxy", "web_api", "web_ops", "web_admin", "workers", "app", "dbcopy", "cli",
 ]
