@@ -161,6 +161,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     log_level: str = "info"
+    reasoning: ReasoningTable = field(default_factory=ReasoningTable)  # also on each channel (Target.reasoning)
     skipped_channels: tuple[str, ...] = ()  # channels left out because their keys are unset
 
 
@@ -275,6 +276,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         routing=routing,
         ledger=ledger,
         log_level=log_level,
+        reasoning=reasoning,
         skipped_channels=skipped,
     )
 
