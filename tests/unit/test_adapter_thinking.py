@@ -11,10 +11,12 @@ import orjson
 import pytest
 
 from relay.adapters.anthropic import AnthropicAdapter, AnthropicStream, from_anthropic_message, from_anthropic_usage
+from relay.adapters.messages_openai import MessagesStream, from_openai_completion, to_anthropic_usage, to_openai_chat
 from relay.adapters.thinking import openai_effort
 from relay.billing import Pricing
 from relay.config import BillingConfig, ConfigError, PriceConfig, parse_config
 from relay.errors import InvalidRequest
+from relay.sse import SSEParser
 from relay.types import KeyRecord, ModelReasoning, ReasoningTable, RelayRequest, Target, Usage
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -226,3 +228,52 @@ def test_cache_write_price_parsed() -> None:
 def test_anthropic_usage_reads_both_cache_fields() -> None:
     u = from_anthropic_usage({"input_tokens": 5, "cache_creation_input_tokens": 7, "cache_read_input_tokens": 11, "output_tokens": 3})
     assert u is not None and (u.prompt_tokens, u.cached_tokens, u.cache_write_tokens) == (23, 11, 7)
+
+
+# -- OpenAI chat (reasoning_content) -> /v1/messages -------------------------------------------------------
+
+
+def _sse_events(data: bytes) -> list[tuple[str, Any]]:
+    return [(e.event, orjson.loads(e.data)) for e in SSEParser().feed(data)]
+
+
+def test_recorded_reasoning_stream_to_messages_split_at_every_offset() -> None:
+    raw = (DATA / "chat_stream_reasoning.sse").read_bytes()
+    whole = MessagesStream("pub", message_id="msg_x")
+    expected = whole.feed(raw) + whole.close()
+    for cut in range(len(raw) + 1):
+        h = MessagesStream("pub", message_id="msg_x")
+        assert h.feed(raw[:cut]) + h.feed(raw[cut:]) + h.close() == expected, cut
+    events = _sse_events(expected)
+    starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert starts == [{"type": "thinking", "thinking": "", "signature": ""}, {"type": "text", "text": ""}]
+    thinking = "".join(d["delta"]["thinking"] for n, d in events if d.get("delta", {}).get("type") == "thinking_delta")
+    raw_thinking = "".join(
+        orjson.loads(line[6:])["choices"][0]["delta"].get("reasoning_content") or ""
+        for line in raw.split(b"\n") if line.startswith(b"data: {") and b'"choices":[{' in line)
+    assert thinking == raw_thinking and thinking
+    assert [d["index"] for n, d in events if n == "content_block_stop"] == [0, 1]
+
+
+@pytest.mark.parametrize("message, blocks", [
+    ({"role": "assistant", "content": "Hi", "reasoning_content": "Think."},
+     [{"type": "thinking", "thinking": "Think.", "signature": ""}, {"type": "text", "text": "Hi"}]),
+    ({"role": "assistant", "content": "Hi", "reasoning": "Think."},
+     [{"type": "thinking", "thinking": "Think.", "signature": ""}, {"type": "text", "text": "Hi"}]),
+    ({"role": "assistant", "content": "Hi", "reasoning_content": ""}, [{"type": "text", "text": "Hi"}]),
+])
+def test_reasoning_content_to_thinking_block(message: dict[str, Any], blocks: list[Any]) -> None:
+    out, _ = from_openai_completion({"choices": [{"message": message, "finish_reason": "stop"}]}, "pub")
+    assert out["content"] == blocks
+
+
+def test_messages_usage_excludes_cache_reads_and_writes() -> None:
+    assert to_anthropic_usage(Usage(1000, 5, "upstream", 600, 300)) == {
+        "input_tokens": 100, "output_tokens": 5, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 600}
+
+
+def test_messages_thinking_param_to_openai_body() -> None:
+    body = {"max_tokens": 100, "thinking": {"type": "enabled", "budget_tokens": 30000},
+            "messages": [{"role": "user", "content": "Hi"}]}
+    assert to_openai_chat(body, "o3", False, ReasoningTable().for_model("o3"))["reasoning_effort"] == "high"
+    assert "reasoning_effort" not in to_openai_chat(body, "gpt-4o", False, ReasoningTable().for_model("gpt-4o"))
