@@ -65,7 +65,8 @@ def _budget(effort: str, mr: ModelReasoning) -> int:
 
 def apply_anthropic_thinking(out: dict[str, Any], body: Mapping[str, Any], mr: ModelReasoning) -> None:
     """Set `thinking` on a Messages request built from `body`: the client's own `thinking` as it is, else one
-    from its reasoning effort. While thinking, max_tokens is raised above the budget (the API wants
+    from its reasoning effort (not when the conversation's last tool turn lacks its thinking block). While
+    thinking, max_tokens is raised above the budget (the API wants
     max_tokens > budget_tokens; the client's cap stays free for the answer), sampling parameters the API
     refuses are dropped, and a forced tool choice becomes auto (the API refuses forcing a tool)."""
     thinking = body.get("thinking")
@@ -73,7 +74,7 @@ def apply_anthropic_thinking(out: dict[str, Any], body: Mapping[str, Any], mr: M
         out["thinking"] = dict(thinking)
     else:
         effort = effort_of(body)
-        if effort is None or effort == "none":
+        if effort is None or effort == "none" or _unsigned_tool_turn(out.get("messages")):
             return
         if mr.style == "adaptive":
             out["thinking"] = {"type": "adaptive"}
@@ -91,6 +92,18 @@ def apply_anthropic_thinking(out: dict[str, Any], body: Mapping[str, Any], mr: M
     choice = out.get("tool_choice")
     if isinstance(choice, Mapping) and choice.get("type") in ("any", "tool"):
         out["tool_choice"] = {"type": "auto", **{k: v for k, v in choice.items() if k == "disable_parallel_tool_use"}}
+
+
+def _unsigned_tool_turn(turns: Any) -> bool:
+    """The last assistant turn uses a tool without its thinking block first (a client that does not send
+    thinking blocks back, such as the Responses API's reasoning items, which are dropped): with thinking on,
+    the API refuses it, so such a request goes without thinking."""
+    for turn in reversed(turns or ()):
+        if turn.get("role") == "assistant":
+            content = turn.get("content") or ()
+            uses_tool = any(isinstance(b, Mapping) and b.get("type") == "tool_use" for b in content)
+            return uses_tool and content[0].get("type") not in ("thinking", "redacted_thinking")
+    return False
 
 
 def gemini_thinking_config(body: Mapping[str, Any], mr: ModelReasoning) -> dict[str, Any] | None:

@@ -135,17 +135,34 @@ async def test_two_turn_tool_use_sends_thinking_back_first(
 
 async def test_tool_use_without_its_thinking_is_refused_by_the_upstream(client: openai.AsyncOpenAI) -> None:
     """What the fake checks is what the real API checks: the relay passes its 400 on, in OpenAI's shape."""
+    thinking = {"thinking": {"type": "enabled", "budget_tokens": 2048}}  # the client's own: sent as it is
     first = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Weather?"}],
-                                                 tools=TOOLS, reasoning_effort="low")
+                                                 tools=TOOLS, extra_body=thinking)
     assistant: Any = first.choices[0].message.model_dump(exclude_none=True)
     del assistant["thinking_blocks"]
     call_id = assistant["tool_calls"][0]["id"]
     with pytest.raises(openai.BadRequestError, match="must start with a thinking block"):
         await client.chat.completions.create(
-            model=MODEL, tools=TOOLS, reasoning_effort="low",
+            model=MODEL, tools=TOOLS, extra_body=thinking,
             messages=[{"role": "user", "content": "Weather?"}, assistant,
                       {"role": "tool", "tool_call_id": call_id, "content": "18C"}],
         )
+
+
+async def test_effort_without_thinking_blocks_sent_back_goes_without_thinking(client: openai.AsyncOpenAI,
+                                                                               claude: Claude) -> None:
+    """A client that drops the blocks (as Responses clients' reasoning items are dropped) still gets its answer."""
+    first = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Weather?"}],
+                                                 tools=TOOLS, reasoning_effort="low")
+    assistant: Any = first.choices[0].message.model_dump(exclude_none=True)
+    del assistant["thinking_blocks"]
+    second = await client.chat.completions.create(
+        model=MODEL, tools=TOOLS, reasoning_effort="low",
+        messages=[{"role": "user", "content": "Weather?"}, assistant,
+                  {"role": "tool", "tool_call_id": assistant["tool_calls"][0]["id"], "content": "18C"}],
+    )
+    assert second.choices[0].message.content == "The tool said: 18C"
+    assert "thinking" in claude.records[0].body and "thinking" not in claude.records[1].body
 
 
 async def test_cache_control_reaches_the_upstream_blocks(client: openai.AsyncOpenAI, claude: Claude) -> None:

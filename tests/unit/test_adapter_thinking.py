@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from relay.adapters.anthropic import AnthropicAdapter, AnthropicStream, from_anthropic_message, from_anthropic_usage
+from relay.adapters.gemini import GeminiAdapter, GeminiStream
 from relay.adapters.messages_openai import MessagesStream, from_openai_completion, to_anthropic_usage, to_openai_chat
 from relay.adapters.thinking import openai_effort
 from relay.billing import Pricing
@@ -277,3 +278,76 @@ def test_messages_thinking_param_to_openai_body() -> None:
             "messages": [{"role": "user", "content": "Hi"}]}
     assert to_openai_chat(body, "o3", False, ReasoningTable().for_model("o3"))["reasoning_effort"] == "high"
     assert "reasoning_effort" not in to_openai_chat(body, "gpt-4o", False, ReasoningTable().for_model("gpt-4o"))
+
+
+# -- OpenAI chat <-> Gemini --------------------------------------------------------------------------------
+
+GEM_SIG = "CtwDAdHtim9mSxLqNXvd1pQ2W0aJ8o+Pb1RkdQ5f"
+
+
+def _gemini(body: dict[str, Any], model: str = "gemini-2.5-flash", stream: bool = False) -> Any:
+    target = Target("g", "gemini", "https://generativelanguage.googleapis.com", 0, "gk", model)
+    up = GeminiAdapter().build_request(_req({"messages": [{"role": "user", "content": "Hi"}], **body}, stream), target)
+    assert isinstance(up.body, bytes)
+    return orjson.loads(up.body)
+
+
+@pytest.mark.parametrize("body, model, config", [
+    ({"reasoning_effort": "minimal"}, "gemini-2.5-flash", {"thinkingBudget": 1024, "includeThoughts": True}),
+    ({"reasoning_effort": "medium"}, "gemini-2.5-pro", {"thinkingBudget": 8192, "includeThoughts": True}),
+    ({"reasoning_effort": "high"}, "gemini-2.5-flash", {"thinkingBudget": 24576, "includeThoughts": True}),
+    ({"reasoning_effort": "none"}, "gemini-2.5-flash", {"thinkingBudget": 0}),
+    ({"reasoning_effort": "high"}, "gemini-3-pro-preview", {"thinkingLevel": "high", "includeThoughts": True}),
+    ({"reasoning_effort": "minimal"}, "models/gemini-3-flash", {"thinkingLevel": "low", "includeThoughts": True}),
+    ({}, "gemini-2.5-flash", None),
+])
+def test_effort_to_gemini_thinking_config(body: dict[str, Any], model: str, config: Any) -> None:
+    assert (_gemini(body, model).get("generationConfig") or {}).get("thinkingConfig") == config
+
+
+def test_thought_signature_goes_back_on_its_function_call() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"},
+            "extra_content": {"google": {"thought_signature": GEM_SIG}}}
+    sent = _gemini({"messages": [{"role": "user", "content": "Weather?"},
+                                 {"role": "assistant", "content": None, "tool_calls": [call]},
+                                 {"role": "tool", "tool_call_id": "call_1", "content": "18"}]})
+    assert sent["contents"][1] == {"role": "model", "parts": [
+        {"functionCall": {"name": "get_weather", "args": {}}, "thoughtSignature": GEM_SIG}]}
+
+
+def test_gemini_thoughts_and_signature_in_a_whole_answer() -> None:
+    raw = orjson.dumps({"candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+        {"text": "Thinking it over.", "thought": True},
+        {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": GEM_SIG}]}}],
+        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 20,
+                          "cachedContentTokenCount": 6}})
+    body, usage = GeminiAdapter().parse_response(_req({"messages": []}), 200, raw)
+    msg = orjson.loads(body)["choices"][0]["message"]
+    assert msg["reasoning_content"] == "Thinking it over."
+    assert msg["tool_calls"][0]["extra_content"] == {"google": {"thought_signature": GEM_SIG}}
+    assert usage is not None and (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens) == (10, 6, 25)
+
+
+def _gem_run(raw: bytes, cuts: list[int]) -> tuple[bytes, GeminiStream]:
+    h = GeminiStream(_req({"messages": [], "stream": True}, stream=True))
+    out, start = b"", 0
+    for end in [*cuts, len(raw)]:
+        out += h.feed(raw[start:end])
+        start = end
+    return out + h.close(), h
+
+
+def test_recorded_gemini_thinking_stream_split_at_every_offset() -> None:
+    raw = (DATA / "gemini_stream_thinking.sse").read_bytes()
+    whole, h = _gem_run(raw, [])
+    assert h.done
+    for i in range(1, len(raw)):
+        assert _gem_run(raw, [i])[0] == whole, i
+    frames = [orjson.loads(f[6:]) for f in whole.split(b"\n\n") if f and f != b"data: [DONE]"]
+    deltas = [f["choices"][0]["delta"] for f in frames if f["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == (
+        "**Weighing the request** The user wants Paris weather; a tool call is needed. **Choosing units** Celsius — «métrique».")
+    [call] = [c for d in deltas for c in d.get("tool_calls", ())]
+    assert call["extra_content"] == {"google": {"thought_signature": GEM_SIG}}
+    assert frames[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
+    assert frames[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 92}
