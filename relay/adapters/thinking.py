@@ -100,7 +100,7 @@ def _unsigned_tool_turn(turns: Any) -> bool:
     the API refuses it, so such a request goes without thinking."""
     for turn in reversed(turns or ()):
         if turn.get("role") == "assistant":
-            content = turn.get("content") or ()
+            content: list[Any] = turn.get("content") or []
             uses_tool = any(isinstance(b, Mapping) and b.get("type") == "tool_use" for b in content)
             return uses_tool and content[0].get("type") not in ("thinking", "redacted_thinking")
     return False
