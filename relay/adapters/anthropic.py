@@ -342,12 +342,15 @@ def from_anthropic_usage(obj: Any) -> Usage | None:
 
 
 def _openai_usage(u: Usage) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     }
+    if u.cache_write_tokens:  # (part of prompt_tokens) LiteLLM's name for what was written to the cache
+        out["cache_creation_input_tokens"] = u.cache_write_tokens
+    return out
 
 
 def from_anthropic_message(

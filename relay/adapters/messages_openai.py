@@ -234,6 +234,9 @@ def _usage(obj: Any) -> Usage | None:
         cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
         if isinstance(cached, int) and 0 < cached <= usage.prompt_tokens:
             usage.cached_tokens = cached
+        written = obj.get("cache_creation_input_tokens")  # an OpenAI-compatible proxy in front of Claude
+        if isinstance(written, int) and 0 < written <= usage.prompt_tokens - usage.cached_tokens:
+            usage.cache_write_tokens = written
     return usage
 
 

@@ -4,6 +4,7 @@ replayed split at every byte offset."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from relay.adapters.anthropic import AnthropicAdapter, AnthropicStream, from_anthropic_message, from_anthropic_usage
 from relay.adapters.gemini import GeminiAdapter, GeminiStream
 from relay.adapters.messages_openai import MessagesStream, from_openai_completion, to_anthropic_usage, to_openai_chat
+from relay.adapters.openai import usage_from_openai
+from relay.adapters.responses_output import responses_usage, usage_from_chat
 from relay.adapters.thinking import openai_effort
 from relay.billing import Pricing
 from relay.config import BillingConfig, ConfigError, PriceConfig, parse_config
@@ -334,7 +337,7 @@ def _gem_run(raw: bytes, cuts: list[int]) -> tuple[bytes, GeminiStream]:
     for end in [*cuts, len(raw)]:
         out += h.feed(raw[start:end])
         start = end
-    return out + h.close(), h
+    return re.sub(rb'"created":\d+', b'"created":0', out + h.close()), h  # the clock's second may tick between runs
 
 
 def test_recorded_gemini_thinking_stream_split_at_every_offset() -> None:
@@ -351,3 +354,21 @@ def test_recorded_gemini_thinking_stream_split_at_every_offset() -> None:
     assert call["extra_content"] == {"google": {"thought_signature": GEM_SIG}}
     assert frames[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
     assert frames[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 92}
+
+
+@pytest.mark.parametrize("obj, cached, written", [
+    ({"prompt_tokens": 100, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 40}}, 40, 0),
+    ({"prompt_tokens": 100, "completion_tokens": 1, "cache_creation_input_tokens": 50}, 0, 50),
+    ({"input_tokens": 100, "output_tokens": 1, "input_tokens_details": {"cached_tokens": 10, "cache_write_tokens": 20}}, 10, 20),
+    ({"prompt_tokens": 100, "completion_tokens": 1, "cache_creation_input_tokens": 500}, 0, 0),  # more than the prompt: ignored
+])
+def test_passthrough_usage_reads_cache_reads_and_writes(obj: dict[str, Any], cached: int, written: int) -> None:
+    u = usage_from_openai(obj)
+    assert u is not None and (u.cached_tokens, u.cache_write_tokens) == (cached, written)
+
+
+def test_responses_over_claude_keep_cache_writes() -> None:
+    usage, _ = usage_from_chat({"prompt_tokens": 300, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 100},
+                                "cache_creation_input_tokens": 150})
+    out = responses_usage(usage)
+    assert out is not None and out["input_tokens_details"] == {"cached_tokens": 100, "cache_write_tokens": 150}
