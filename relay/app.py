@@ -86,7 +86,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     )
     bindings = ResponseBindings(redis_bindings or store, cfg.routing.response_ttl)
     proxy = Proxy(
-        cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
+        cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing, cfg.reasoning), balances, limiter, bindings,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
     ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok)

@@ -13,7 +13,7 @@ from typing import Any
 from .config import BillingConfig, PriceConfig
 from .endpoints import ENDPOINTS
 from .errors import PermissionDenied
-from .types import RelayRequest, Usage
+from .types import ReasoningTable, RelayRequest, Usage
 
 __all__ = ["Pricing", "output_limit"]
 
@@ -25,9 +25,12 @@ _PROMPT_MARGIN = 1.25
 
 
 class Pricing:
-    def __init__(self, prices: Mapping[str, PriceConfig], cfg: BillingConfig) -> None:
+    def __init__(
+        self, prices: Mapping[str, PriceConfig], cfg: BillingConfig, reasoning: ReasoningTable | None = None
+    ) -> None:
         self._prices = prices
         self._cfg = cfg
+        self._reasoning = reasoning or ReasoningTable()
 
     def price(self, model: str, endpoint: str | None = None) -> PriceConfig:
         ep = ENDPOINTS.get(endpoint) if endpoint is not None else None
@@ -57,8 +60,13 @@ class Pricing:
         fields = _output_fields(req)
         if not fields:
             return prompt
-        limit = next((body[f] for f in fields if body.get(f) is not None), None)
-        output = _int(limit, self._cfg.max_output_tokens) * max(1, _int(body.get("n"), 1))
+        limit = _int(next((body[f] for f in fields if body.get(f) is not None), None), self._cfg.max_output_tokens)
+        effort = body.get("reasoning_effort")
+        if isinstance(effort, str) and effort != "none":
+            # Claude's max_tokens is raised by the thinking budget when it is not above it (relay.adapters.thinking)
+            budget = self._reasoning.for_model(req.model).budgets.get(effort, 0)
+            limit += budget if limit <= budget else 0
+        output = limit * max(1, _int(body.get("n"), 1))
         return prompt + output * price.output / 1e6
 
     def cost(self, price: PriceConfig, req: RelayRequest, usage: Usage) -> float:

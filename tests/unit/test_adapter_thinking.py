@@ -372,3 +372,12 @@ def test_responses_over_claude_keep_cache_writes() -> None:
                                 "cache_creation_input_tokens": 150})
     out = responses_usage(usage)
     assert out is not None and out["input_tokens_details"] == {"cached_tokens": 100, "cache_write_tokens": 150}
+
+
+def test_reservation_covers_the_thinking_budget() -> None:
+    price = PriceConfig(input=0, output=10)
+    p = Pricing({"claude": price}, BillingConfig(), ReasoningTable(budgets={"high": 20000}))
+    plain = p.worst_case(price, _req({"max_tokens": 1000}), 0)
+    thinking = p.worst_case(price, _req({"max_tokens": 1000, "reasoning_effort": "high"}), 0)
+    assert plain == pytest.approx(1000 * 10 / 1e6) and thinking == pytest.approx(21000 * 10 / 1e6)
+    assert p.worst_case(price, _req({"max_tokens": 30000, "reasoning_effort": "high"}), 0) == pytest.approx(0.3)
