@@ -203,3 +203,21 @@ async def test_cache_reads_and_writes_billed_at_their_prices(client: openai.Asyn
     # 1,000 input at $3, 200,000 written at $3.75 (not $3) / read at $0.30 (not $3), output at $15, per 1M
     assert round(written["cost_usd"], 2) == round((1000 * 3 + 200_000 * 3.75 + out * 15) / 1e6, 2) == 0.75
     assert round(read["cost_usd"], 2) == round((1000 * 3 + 200_000 * 0.3 + out * 15) / 1e6, 2) == 0.06
+
+
+async def test_messages_passthrough_bills_cache_writes(relay: Relay, claude: Claude) -> None:
+    """/v1/messages to an anthropic channel goes through untouched, and its cache fields are still billed."""
+    import anthropic
+
+    opts = claude.app[fake.OPTIONS]
+    opts.input_tokens, opts.cache_creation_input_tokens, opts.cache_read_input_tokens = 1000, 100_000, 300_000
+    async with anthropic.AsyncAnthropic(base_url=relay.url, api_key=CLIENT_KEY, max_retries=0, timeout=10) as c:
+        msg = await c.messages.create(model=MODEL, max_tokens=100_000, messages=[{"role": "user", "content": "Hi"}],
+                                      system=[{"type": "text", "text": "Stable prefix", "cache_control": EPHEMERAL}])
+    assert (msg.usage.input_tokens, msg.usage.cache_creation_input_tokens, msg.usage.cache_read_input_tokens) == (
+        1000, 100_000, 300_000)
+    assert claude.records[0].body["system"][0]["cache_control"] == EPHEMERAL
+    [row] = await wait_ledger(relay.database, 1)
+    assert (row["prompt_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (401_000, 300_000, 100_000)
+    out = row["completion_tokens"]
+    assert round(row["cost_usd"], 2) == round((1000 * 3 + 100_000 * 3.75 + 300_000 * 0.3 + out * 15) / 1e6, 2) == 0.47
