@@ -15,6 +15,9 @@ into OpenAI's chat.completion shapes:
   tool: a tool named after the schema, whose `input_schema` is the schema, with `tool_choice` set to it.
   The tool's input is the answer: it is returned as the message's text content (streamed as it comes),
   with finish_reason `stop`. Combining it with the client's own tools is refused (400).
+- `reasoning_effort` becomes `thinking`, thinking blocks come back as `reasoning_content` and
+  `thinking_blocks` and go back first in their turn, and `cache_control` marks are carried to the blocks:
+  see relay.adapters.thinking.
 - Anthropic error bodies are rewritten in OpenAI's error shape, with the same status (529 overloaded is
   retried like any 5xx).
 """
