@@ -27,6 +27,8 @@ Test hooks, stored on the app under the typed keys exported here:
   ``handler_cancellation=True``, which ``aiohttp_server``/``TestServer`` and the CLI use);
   ``hang``/``stall`` poll the transport every 50 ms and notice within that.
 * ``OPTIONS`` - the live :class:`FakeOptions` (mutable; read on every request).
+* A chat model whose name holds ``reasoner`` answers with ``reasoning_content`` (``REASONING``) before its
+  text, as DeepSeek-R1 does.
 * ``bench.fake_responses.RESPONSES`` - the stored Responses API responses, per account key.
 
 With ``chunk_delay_ms == 0`` a whole SSE stream is sent in one write (same bytes, fewer
@@ -59,6 +61,8 @@ DEFAULT_MODELS = ("demo", "gpt-4o-mini", "text-embedding-3-small", "dall-e-3", "
                   "whisper-1", "omni-moderation-latest")
 FINGERPRINT = "fp_fake0demo"
 _SENTENCE = "Hello! This is the demo model."
+# What models named *reasoner* think before they answer, in reasoning_content.
+REASONING = "The user greets me. I should answer briefly."
 _TRANSCRIPT = "Hello! This is the demo transcription."
 _IDS = itertools.count(1)
 _RUN = os.urandom(4).hex()
@@ -483,6 +487,11 @@ class FakeUpstream:
                        "annotations": []}
             deltas = [_ROLE_DELTA] + ([orjson.dumps({"content": t}) for t in texts]
                                       if body.get("response_format") else self._text_deltas(n_out))
+            if "reasoner" in model:  # a reasoning model (DeepSeek-R1's shape): reasoning_content first
+                thought = _split(REASONING, 3)
+                message["reasoning_content"] = REASONING
+                deltas[1:1] = [orjson.dumps({"content": None, "reasoning_content": t}) for t in thought]
+                n_out += len(thought)
         usage = _usage(prompt, n_out)
         if not stream:
             return Reply(orjson.dumps({

@@ -98,8 +98,8 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     bindings = ResponseBindings(redis_bindings or store, cfg.routing.response_ttl)
     availability = AvailabilityRecorder(store, cfg.status.bucket)
     proxy = Proxy(
-        cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
-        availability,
+        cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing, cfg.reasoning), balances, limiter,
+        bindings, availability,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
 

@@ -17,8 +17,10 @@ from typing import Any
 
 from .admin_schema import CHANNEL_FIELDS, CHANNEL_TYPES, FieldError  # noqa: F401 - CHANNEL_TYPES re-exported
 from .config_health import HealthConfig, parse_health
+from .config_reasoning import parse_reasoning
 from .config_yaml import ConfigError, Node, expand, read_yaml
 from .egress import mask_proxy
+from .types import ReasoningTable
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -112,6 +114,7 @@ class ChannelConfig:
     # An HTTP proxy for this channel's upstream connections (a URL, credentials and all: a secret, never
     # shown), or "env" for HTTPS_PROXY / HTTP_PROXY / NO_PROXY. None: direct.
     proxy: str | None = field(default=None, repr=False)
+    reasoning: ReasoningTable = field(default_factory=ReasoningTable)  # the config's `reasoning:` table
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -119,11 +122,12 @@ class ChannelConfig:
 
 @dataclass(frozen=True, slots=True)
 class PriceConfig:
-    """USD per 1M tokens (input, cached_input, output), per image, per 1M characters, per audio minute, per
-    request (rerank models often are)."""
+    """USD per 1M tokens (input, cached_input, cache_write, output), per image, per 1M characters, per audio
+    minute, per request (rerank models often are)."""
 
     input: float = 0.0
-    cached_input: float | None = None  # None: the input price
+    cached_input: float | None = None  # prompt tokens read from a prompt cache; None: the input price
+    cache_write: float | None = None  # prompt tokens written to a prompt cache; None: the input price
     output: float = 0.0
     image: float = 0.0  # per image when no size/quality entry matches
     images: Mapping[str, float] = field(default_factory=dict)  # "1024x1024" or "1024x1024/hd" -> USD
@@ -190,6 +194,7 @@ class Config:
     status: StatusConfig = field(default_factory=StatusConfig)
     log_level: str = "info"
     access_log: str = "text"  # text | json | off: one line per request (relay.access_log)
+    reasoning: ReasoningTable = field(default_factory=ReasoningTable)  # also on each channel (Target.reasoning)
     skipped_channels: tuple[str, ...] = ()  # channels left out because their keys are unset
 
 
@@ -215,7 +220,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root.mapping()
     root.allow(
         "server", "admin_token", "metrics_token", "database", "channels", "client_keys", "prices", "billing", "limits",
-        "timeouts", "retry", "routing", "ledger", "log_level", "health", "access_log", "status",
+        "timeouts", "retry", "routing", "ledger", "log_level", "health", "access_log", "status", "reasoning",
     )
     server = root.child("server")
     srv = ServerConfig(
@@ -268,7 +273,9 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         show_channels=st.get_bool("show_channels", False),
         bucket=st.get_int("bucket", StatusConfig().bucket, lo=1, hi=86400),
     )
+    reasoning = parse_reasoning(root.child("reasoning"))
     channels, skipped = _channels(root.child("channels", default=[]))
+    channels = tuple(replace(c, reasoning=reasoning) for c in channels)
     keys = _client_keys(root.child("client_keys", default=[]))
     prices = _prices(root.child("prices"))
     b = root.child("billing")
@@ -326,6 +333,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         status=status,
         log_level=log_level,
         access_log=access_log,
+        reasoning=reasoning,
         skipped_channels=skipped,
     )
 
@@ -452,12 +460,17 @@ def _prices(node: Node) -> dict[str, PriceConfig]:
     out: dict[str, PriceConfig] = {}
     for model in node.keys():
         p = node.child(model)
-        p.allow("input", "cached_input", "output", "image", "images", "characters", "minute", "per_request", "free")
+        p.allow(
+            "input", "cached_input", "cache_write", "output", "image", "images", "characters", "minute", "per_request",
+            "free",
+        )
         im = p.child("images")
         cached = p.mapping().get("cached_input")
+        written = p.mapping().get("cache_write")
         out[model] = PriceConfig(
             input=p.get_float("input", 0.0, lo=0),
             cached_input=None if cached is None else p.get_float("cached_input", 0.0, lo=0),
+            cache_write=None if written is None else p.get_float("cache_write", 0.0, lo=0),
             output=p.get_float("output", 0.0, lo=0),
             image=p.get_float("image", 0.0, lo=0),
             images={size: im.get_float(size, 0.0, lo=0) for size in im.keys()},

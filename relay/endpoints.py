@@ -18,7 +18,9 @@ from .types import Dialect
 
 __all__ = ["ENDPOINTS", "Endpoint", "Mode", "mode_for"]
 
-Mode = Literal["native", "chat"]
+# native: as the client sent it; chat: translated onto the channel's chat/completions; local: answered by the
+# relay itself without an upstream call (token counts for channels that have no counting endpoint).
+Mode = Literal["native", "chat", "local"]
 Pricing = Literal["tokens", "images", "speech", "upload", "none"]
 
 
@@ -75,6 +77,12 @@ ENDPOINTS: Mapping[str, Endpoint] = _table(
     Endpoint(
         "messages", {"anthropic": "native", "openai": "chat", "azure": "chat"}, dialect="anthropic",
         output_fields=("max_tokens",), label="anthropic",
+    ),
+    # Anthropic's token count: the upstream's own where it has one, else counted here. Never billed, and
+    # counted against a key's request limits only (pricing "none": no tokens against tpm).
+    Endpoint(
+        "messages/count_tokens", {"anthropic": "native", "openai": "local", "azure": "local", "gemini": "local"},
+        dialect="anthropic", pricing="none", label="anthropic",
     ),
     Endpoint(
         "responses", {"openai": "native", "azure": "native", "anthropic": "chat", "gemini": "chat"},

@@ -131,7 +131,9 @@ class Proxy:
             if reservation is None:  # this process's slice of the balance must grow first
                 reservation = await self._balances.reserve(req.key, worst, price, multiplier)
             trace.reservation = reservation
-            trace.limit_tokens = prompt + self._output_estimate(req)
+            # requests that are not billed (token counts, calls on a stored response) count as requests only
+            unbilled = ENDPOINTS[req.endpoint].pricing == "none"
+            trace.limit_tokens = 0 if unbilled else prompt + self._output_estimate(req)
             limits = Limits.of(req.key)
             if limits.any:
                 images = _images(req)
@@ -273,6 +275,11 @@ class Proxy:
         self, request: web.Request, req: RelayRequest, trace: _Trace, adapter: Adapter, account: Account
     ) -> web.StreamResponse:
         target = self._router.target(account, req.model)
+        answer = getattr(adapter, "answer", None)  # answered by the relay itself (a local token count)
+        if answer is not None:
+            out, trace.usage = answer(req, target)
+            trace.status = 200
+            return web.Response(body=out, content_type="application/json")
         ureq = with_egress(adapter.build_request(req, target), target)
         resp = await self._upstream.open(ureq, stream=req.stream)
         if resp.status >= 400:
@@ -453,6 +460,8 @@ class Proxy:
                 stream=req.stream,
                 attempts=trace.attempts,
                 cost_usd=cost,
+                cache_read_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
             )
         )
         self._metrics.observe_request(

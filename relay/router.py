@@ -336,7 +336,7 @@ class Router:
         return Target(
             channel=ch.name, channel_type=ch.type, base_url=ch.base_url, account=acc.index,
             api_key=acc.key, upstream_model=ch.upstream_model(model), extra_headers=ch.headers,
-            api_version=ch.api_version, rerank_path=ch.rerank_path, proxy=ch.proxy,
+            api_version=ch.api_version, rerank_path=ch.rerank_path, proxy=ch.proxy, reasoning=ch.reasoning,
         )
 
     def succeeded(self, acc: Account) -> None:

@@ -42,6 +42,7 @@ _COLS = ", ".join(USAGE_COLUMNS)
 _TYPES = {
     "ts": "float8", "account": "int4", "status": "int4", "prompt_tokens": "int8", "completion_tokens": "int8",
     "latency_ms": "float8", "ttft_ms": "float8", "stream": "bool", "attempts": "int4", "cost_usd": "float8",
+    "cache_read_tokens": "int8", "cache_write_tokens": "int8",
 }
 # A whole batch as one statement (one array per column); RETURNING tells which rows were new, so a request
 # id already written (a retried batch) is skipped and its cost is not counted again.

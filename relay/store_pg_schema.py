@@ -117,4 +117,10 @@ CREATE TABLE IF NOT EXISTS channels (
 CREATE INDEX IF NOT EXISTS channels_rev ON channels (rev);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# Prompt tokens read from and written to the provider's prompt cache (each priced apart).
+_V7 = """
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS cache_read_tokens bigint NOT NULL DEFAULT 0 CHECK (cache_read_tokens >= 0);
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS cache_write_tokens bigint NOT NULL DEFAULT 0 CHECK (cache_write_tokens >= 0);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)

@@ -111,4 +111,10 @@ _V6 = (
     "CREATE INDEX IF NOT EXISTS channels_rev ON channels (rev)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5, _V6)
+# Version 7: prompt tokens read from and written to the provider's prompt cache (each priced apart).
+_V7 = (
+    "ALTER TABLE usage ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0 CHECK (cache_read_tokens >= 0)",
+    "ALTER TABLE usage ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0 CHECK (cache_write_tokens >= 0)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5, _V6, _V7)

@@ -79,6 +79,7 @@ def add_routes(app: web.Application, deps: ApiDeps, models_alternate: Alternate 
     app.router.add_post("/v2/rerank", _relay_handler(deps, ENDPOINTS["rerank"]))  # Cohere's path
     add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request), models_alternate)
     app.router.add_post("/v1/messages", _messages_handler(deps))
+    app.router.add_post("/v1/messages/count_tokens", _messages_handler(deps, "messages/count_tokens"))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -221,9 +222,11 @@ def _stored_response_handler(deps: ApiDeps, ep: Endpoint, suffix: str) -> Handle
     return handle
 
 
-def _messages_handler(deps: ApiDeps) -> Handler:
-    """Anthropic's Messages API: the same pipeline, errors in Anthropic's shape (see the app's middleware)."""
-    ep = ENDPOINTS["messages"]
+def _messages_handler(deps: ApiDeps, endpoint: str = "messages") -> Handler:
+    """Anthropic's Messages API (and its token count): the same pipeline, errors in Anthropic's shape (see the
+    app's middleware)."""
+    ep = ENDPOINTS[endpoint]
+    counting = endpoint == "messages/count_tokens"
 
     async def handle(request: web.Request) -> web.StreamResponse:
         request[DIALECT] = "anthropic"
@@ -235,7 +238,7 @@ def _messages_handler(deps: ApiDeps) -> Handler:
         try:
             body = await read_body(request, deps.cfg.server.max_body_bytes, deps.cfg.server.read_timeout)
             data = parse_json(body)
-            model = validate_messages(data)
+            model = validate_messages(data, max_tokens=not counting)
             _check_model(deps, key, model, ep)
         except RelayError as e:
             deps.proxy.record_rejected(request[REQUEST_ID], key.id, ep.name, model, e.status, started)
@@ -243,8 +246,9 @@ def _messages_handler(deps: ApiDeps) -> Handler:
         headers = {h: v for h in _ANTHROPIC_HEADERS if (v := request.headers.get(h))}
         req = RelayRequest(
             id=request[REQUEST_ID], endpoint=ep.name, model=model, body=body, json=data,
-            stream=data.get("stream") is True, wants_usage=True, key=key, started=started, dialect="anthropic",
-            headers=headers, sticky=_affinity(key, model, data),
+            stream=data.get("stream") is True and not counting, wants_usage=True, key=key, started=started,
+            dialect="anthropic", headers=headers, sticky=_affinity(key, model, data),
+            query=request.query_string if counting else "",
         )
         return await deps.proxy.relay(request, req)
 

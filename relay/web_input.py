@@ -67,15 +67,16 @@ def check_model_name(model: str) -> str:
     return model
 
 
-def validate_messages(data: dict[str, Any]) -> str:
-    """The fields of a Messages request the relay itself reads or the API always requires."""
+def validate_messages(data: dict[str, Any], max_tokens: bool = True) -> str:
+    """The fields of a Messages request the relay itself reads or the API always requires (a token count
+    takes no max_tokens)."""
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model: Field required (a non-empty string).", param="model")
     if len(model) > MAX_MODEL_CHARS:
         raise InvalidRequest(f"model: String should have at most {MAX_MODEL_CHARS} characters.", param="model")
-    max_tokens = data.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    limit = data.get("max_tokens")
+    if max_tokens and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise InvalidRequest("max_tokens: Field required (an integer of at least 1).", param="max_tokens")
     messages = data.get("messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):

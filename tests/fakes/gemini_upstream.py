@@ -12,6 +12,11 @@ Google's 400 API_KEY_INVALID, a missing one 403. Every request is recorded (`REC
 Answers are deterministic: with function declarations and no functionResponse in the last turn the model
 calls the first function with arguments made from its schema; with responseSchema it answers JSON made
 from the schema; otherwise it says TEXT (after a tool round: "The tool said: {response json}").
+With generationConfig.thinkingConfig.includeThoughts the answer starts with a thought part (`THOUGHT`,
+`"thought": true`; streamed as its own chunk first); a thinkingConfig with both thinkingBudget and
+thinkingLevel is refused, as Google refuses it. A functionCall part carries a `thoughtSignature` (SIGNATURE),
+and for gemini-3 models (which, like the real ones, require it back) a model turn whose first functionCall
+part comes without one is refused with Google's 400.
 `SCRIPT[key]` is a FIFO of actions for that key: ("status", code, status_name, message) or ("truncate",)
 (a stream that ends cleanly but without a finishReason).
 """
@@ -27,6 +32,8 @@ from aiohttp import web
 
 TEXT = "Hello! I am the fake Gemini model, answering in a few chunks."
 MODEL_VERSION = "gemini-2.5-flash"
+THOUGHT = "**Planning the answer** I will greet the user and keep it short."
+SIGNATURE = "c2lnbmF0dXJl"
 
 
 @dataclass(slots=True)
@@ -91,7 +98,7 @@ def _answer(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
         allowed = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("allowedFunctionNames")
         decl = next((d for d in decls if not allowed or d["name"] in allowed), decls[0])
         args = _sample(decl.get("parameters") or {"type": "OBJECT"}) or {}
-        return [{"functionCall": {"name": decl["name"], "args": args}, "thoughtSignature": "c2lnbmF0dXJl"}], "STOP"
+        return [{"functionCall": {"name": decl["name"], "args": args}, "thoughtSignature": SIGNATURE}], "STOP"
     config = body.get("generationConfig") or {}
     if config.get("responseMimeType") == "application/json":
         value = _sample(config.get("responseSchema")) if config.get("responseSchema") else {"answer": "Paris"}
@@ -100,6 +107,30 @@ def _answer(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     if isinstance(limit, int) and limit < 5:
         return [{"text": " ".join(TEXT.split()[:limit])}], "MAX_TOKENS"
     return [{"text": TEXT}], "STOP"
+
+
+def _thinking(body: dict[str, Any]) -> dict[str, Any]:
+    return (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+
+
+def _problem(model: str, body: dict[str, Any]) -> web.Response | None:
+    config = _thinking(body)
+    if "thinkingBudget" in config and "thinkingLevel" in config:
+        return _error(400, "INVALID_ARGUMENT", "You can only set only one of thinking budget and thinking level.")
+    if model.startswith("gemini-3"):
+        for i, content in enumerate(body.get("contents") or ()):
+            calls = [p for p in content.get("parts") or () if "functionCall" in p]
+            if content.get("role") == "model" and calls and calls[0].get("thoughtSignature") != SIGNATURE:
+                return _error(400, "INVALID_ARGUMENT", f"Function call is missing a thought_signature in functionCall "
+                              f"parts. This is required for tools to work correctly, and missing thought_signature "
+                              f"may lead to degraded model performance. Additional data, function call "
+                              f"`default_api:{calls[0]['functionCall'].get('name')}` , position {i + 1}. Please refer "
+                              f"to https://ai.google.dev/gemini-api/docs/thought-signatures for more details.")
+    return None
+
+
+def _with_thought(body: dict[str, Any], parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return ([{"text": THOUGHT, "thought": True}] + parts) if _thinking(body).get("includeThoughts") else parts
 
 
 def _usage(body: dict[str, Any], parts: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -143,6 +174,9 @@ class _Fake:
         name, _, method = request.match_info["name"].partition(":")
         if not isinstance(body, dict):
             return _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        problem = _problem(name, body)
+        if problem is not None:
+            return problem
         if method == "generateContent":
             return web.json_response(self._generate(name, body), dumps=lambda o: orjson.dumps(o).decode())
         if method == "streamGenerateContent":
@@ -167,6 +201,7 @@ class _Fake:
     def _generate(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         n = (body.get("generationConfig") or {}).get("candidateCount") or 1
         parts, reason = _answer(body)
+        parts = _with_thought(body, parts)
         return {
             "candidates": [{"content": {"parts": parts, "role": "model"}, "finishReason": reason, "index": i}
                            for i in range(n)],
@@ -188,6 +223,8 @@ class _Fake:
             chunks = [{"content": {"parts": [{"text": p}], "role": "model"}, "index": 0} for p in pieces]
         else:
             chunks = [{"content": {"parts": parts, "role": "model"}, "index": 0}]
+        if _thinking(body).get("includeThoughts"):
+            chunks.insert(0, {"content": {"parts": [{"text": THOUGHT, "thought": True}], "role": "model"}, "index": 0})
         if not truncate:
             chunks[-1]["finishReason"] = reason
         for i, cand in enumerate(chunks):
