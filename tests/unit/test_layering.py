@@ -9,12 +9,12 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 
 # Each module may import only modules listed before it (adapters count as one layer).
 ORDER = [
-    "types", "tasks", "config_yaml", "config", "errors", "endpoints", "admin_openapi", "sse", "tokens", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters", "metrics",
+    "types", "tasks", "config_yaml", "config", "errors", "endpoints", "admin_openapi", "sse", "tokenizer", "tokens", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters", "metrics",
     "store_api", "store_schema", "store", "store_pg_schema", "store_pg", "storage", "auth", "router",
     "health_redis", "bindings", "bindings_redis", "upstream", "ledger", "proxy", "web_api", "web_ops", "web_admin", "workers", "app", "dbcopy", "cli",
 ]
 ONLY_IN = {
-    "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},
+    "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "tiktoken": {"tokenizer"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},
 }
 
 
