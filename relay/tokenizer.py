@@ -61,7 +61,10 @@ SPECS: Mapping[str, Spec] = {
     CL100K: Spec(
         sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
         ranks=100_256,
-        pat_str=r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+        pat_str=(
+            r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+            r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+        ),
         special_tokens={
             ENDOFTEXT: 100257, FIM_PREFIX: 100258, FIM_MIDDLE: 100259, FIM_SUFFIX: 100260, ENDOFPROMPT: 100276,
         },
@@ -123,7 +126,9 @@ def load(name: str, directory: Path | None = None) -> Encoder:
         import tiktoken
     except ImportError as e:
         raise TokenizerError(f"tokenizer: tiktoken is not installed ({e}); reinstall relay") from None
-    enc = tiktoken.Encoding(name, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=dict(spec.special_tokens))
+    enc = tiktoken.Encoding(
+        name, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=dict(spec.special_tokens)
+    )
     # The Encoding keeps the ranks as a Python dict only to be pickled; the tokenizer proper (in Rust) has
     # its own copy. Dropped, they free 36 MB of the 109 MB the two encodings take.
     enc._mergeable_ranks = {}

@@ -11,7 +11,9 @@ import pytest
 
 from relay import tokens
 from relay.config_yaml import ConfigError
-from relay.tokenizer import CL100K, KNOWN_COUNTS, O200K, SPECS, TokenizerError, data_dir, load, self_check
+from relay.tokenizer import (
+    CL100K, KNOWN_COUNTS, O200K, SPECS, TokenizerError, _ranks, data_dir, load, self_check,
+)
 
 
 @pytest.mark.parametrize("name", [O200K, CL100K])
@@ -21,6 +23,30 @@ def test_shipped_rank_files_are_openais(name: str) -> None:
     assert hashlib.sha256(data).hexdigest() == SPECS[name].sha256
     assert SPECS[O200K].sha256 == "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
     assert SPECS[CL100K].sha256 == "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+
+
+@pytest.mark.parametrize("name", [O200K, CL100K])
+def test_built_as_tiktokens_own_constructor_builds_it(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same hash, split pattern and special tokens as the installed tiktoken's openai_public (its loader,
+    which would download the file, replaced by the shipped copy)."""
+    from tiktoken.load import load_tiktoken_bpe
+    from tiktoken_ext import openai_public
+
+    asked: list[str] = []
+
+    def shipped(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        asked.append(expected_hash or "")
+        return load_tiktoken_bpe(str(data_dir() / url.rsplit("/", 1)[1]), expected_hash)
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # no cache written
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", shipped)
+    ref = getattr(openai_public, name)()
+    assert asked == [SPECS[name].sha256]
+    assert ref["pat_str"] == SPECS[name].pat_str
+    assert ref["special_tokens"] == dict(SPECS[name].special_tokens)
+    assert len(ref["mergeable_ranks"]) == SPECS[name].ranks
+    path = data_dir() / f"{name}.tiktoken"
+    assert _ranks(path.read_bytes(), path) == ref["mergeable_ranks"]  # the one-pass parser reads it alike
 
 
 @pytest.mark.parametrize("name", [O200K, CL100K])
