@@ -310,11 +310,24 @@ def run(cfg: Config, host: str | None = None, port: int | None = None, workers: 
     port = cfg.server.port if port is None else port
     for name in cfg.skipped_channels:
         log.info("channel %s has no keys set: skipped", name)
+    _load_tokenizer(workers)
     _check_port(host, port, reuse_port=workers > 1)
     if workers <= 1:
         _run_loop(_serve(cfg, host, port, 1))
         return 0
     return _run_workers(cfg, host, port, workers)
+
+
+def _load_tokenizer(workers: int) -> None:
+    """Load and check the tokenizer once, in this process, before anything serves or forks.
+
+    A damaged or missing tokenizer raises TokenizerError (a ConfigError): the start stops with its one line
+    instead of billing on estimates. Workers forked later share what was loaded here (_run_workers).
+    """
+    loaded = time.monotonic()
+    tokens.preload()
+    shared = f", shared by {workers} workers" if workers > 1 else ""
+    log.info("tokenizer loaded in %.2f s (pid %d)%s", time.monotonic() - loaded, os.getpid(), shared)
 
 
 def _check_port(host: str, port: int, reuse_port: bool) -> None:
@@ -330,18 +343,14 @@ def _check_port(host: str, port: int, reuse_port: bool) -> None:
 def _run_workers(cfg: Config, host: str, port: int, workers: int) -> int:
     """N processes on one port (SO_REUSEPORT) under a supervisor that restarts them (relay/workers.py).
 
-    What is read-only and costly is loaded here, once, before the first fork: the tokenizer (about 75 MB
-    for both encodings, and checked: a TokenizerError stops the start here) and the modules a worker would
-    import. gc.freeze() then moves every object the parent holds out of the collector's reach, so no
-    collection in a worker writes to those pages and they stay shared copy-on-write: an extra worker costs
-    its own heap, not another copy of all that.
+    What is read-only and costly is loaded once, before the first fork: the tokenizer (about 75 MB for both
+    encodings, loaded by run()) and, here, the modules a worker would import. gc.freeze() then moves every
+    object the parent holds out of the collector's reach, so no collection in a worker writes to those pages
+    and they stay shared copy-on-write: an extra worker costs its own heap, not another copy of all that.
     """
     gc.collect()  # the garbage of startup, freed before the freeze: its holes are refilled by what follows
     gc.disable()  # and no collection between here and the forks leaves new holes in shared pages
-    loaded = time.monotonic()
-    tokens.preload()
     _import_uvloop()
-    log.info("tokenizer loaded in %.2f s (pid %d), shared by %d workers", time.monotonic() - loaded, os.getpid(), workers)
     restarts = RestartCounter()
     gc.freeze()
     gc.enable()  # collections skip the frozen objects, in the parent and in every worker
