@@ -310,24 +310,23 @@ def run(cfg: Config, host: str | None = None, port: int | None = None, workers: 
     port = cfg.server.port if port is None else port
     for name in cfg.skipped_channels:
         log.info("channel %s has no keys set: skipped", name)
-    _load_tokenizer(workers)
+    tokenizer_s = _load_tokenizer()
     _check_port(host, port, reuse_port=workers > 1)
     if workers <= 1:
         _run_loop(_serve(cfg, host, port, 1))
         return 0
-    return _run_workers(cfg, host, port, workers)
+    return _run_workers(cfg, host, port, workers, tokenizer_s)
 
 
-def _load_tokenizer(workers: int) -> None:
-    """Load and check the tokenizer once, in this process, before anything serves or forks.
+def _load_tokenizer() -> float:
+    """Load and check the tokenizer once, in this process, before anything serves or forks; its seconds.
 
     A damaged or missing tokenizer raises TokenizerError (a ConfigError): the start stops with its one line
-    instead of billing on estimates. Workers forked later share what was loaded here (_run_workers).
+    (nothing said before it) instead of billing on estimates. Workers forked later share what was loaded.
     """
     loaded = time.monotonic()
     tokens.preload()
-    shared = f", shared by {workers} workers" if workers > 1 else ""
-    log.info("tokenizer loaded in %.2f s (pid %d)%s", time.monotonic() - loaded, os.getpid(), shared)
+    return time.monotonic() - loaded
 
 
 def _check_port(host: str, port: int, reuse_port: bool) -> None:
@@ -340,7 +339,7 @@ def _check_port(host: str, port: int, reuse_port: bool) -> None:
             raise ConfigError(f"server.port: cannot listen on {host}:{port} ({e.strerror})") from None
 
 
-def _run_workers(cfg: Config, host: str, port: int, workers: int) -> int:
+def _run_workers(cfg: Config, host: str, port: int, workers: int, tokenizer_s: float = 0.0) -> int:
     """N processes on one port (SO_REUSEPORT) under a supervisor that restarts them (relay/workers.py).
 
     What is read-only and costly is loaded once, before the first fork: the tokenizer (about 75 MB for both
@@ -350,7 +349,9 @@ def _run_workers(cfg: Config, host: str, port: int, workers: int) -> int:
     """
     gc.collect()  # the garbage of startup, freed before the freeze: its holes are refilled by what follows
     gc.disable()  # and no collection between here and the forks leaves new holes in shared pages
+    tokens.preload()  # loaded by run(): a cache hit
     _import_uvloop()
+    log.info("tokenizer loaded in %.2f s (pid %d), shared by %d workers", tokenizer_s, os.getpid(), workers)
     restarts = RestartCounter()
     gc.freeze()
     gc.enable()  # collections skip the frozen objects, in the parent and in every worker
