@@ -259,6 +259,10 @@ async def _serve(
         runner.app[METRICS].worker_restarts(restarts)  # type: ignore[union-attr]
     models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
     log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)
+    if slot == 0 and (restarts is None or restarts() == 0):
+        # once the start can no longer fail (a config error is then its one line), by one worker, once
+        for line in config_check.warnings(cfg, host):
+            log.warning("%s", line)
     gc.freeze()  # what startup built lives for the whole run: keep it out of every collection
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -286,8 +290,6 @@ def run(cfg: Config, host: str | None = None, port: int | None = None, workers: 
         log.info("channel %s has no keys set: skipped", name)
     tokenizer_s = _load_tokenizer()
     _check_port(host, port, reuse_port=workers > 1)
-    for line in config_check.warnings(cfg, host):  # after the checks that stop the start: one line then
-        log.warning("%s", line)
     if workers <= 1:
         _run_loop(_serve(cfg, host, port, 1))
         return 0
