@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 # Each module may import only modules listed before it (adapters count as one layer).
 ORDER = [
     "types", "tasks", "quiet_log", "access_log", "redact", "client_addr", "config_yaml", "egress", "config_health",
-    "config_reasoning", "admin_schema", "config", "config_check", "errors", "endpoints", "secretbox", "admin_openapi",
+    "config_reasoning", "admin_schema", "config_channels", "config", "config_check", "errors", "endpoints", "secretbox", "admin_openapi",
     "sse", "tokens", "tokens_messages", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters",
     "probes", "metrics",
     "store_api", "store_spend", "store_schema", "store_buckets", "store_channels", "store", "store_pg_schema",
