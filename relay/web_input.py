@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import InvalidRequest, PayloadTooLarge, RelayError
 from .types import FormField
@@ -240,9 +241,9 @@ async def read_form(
     except TimeoutError:
         close_form(fields)
         raise RelayError("The upload was not received in time.", status=408, code="request_timeout") from None
-    except (ValueError, AssertionError):
+    except (ValueError, AssertionError, HttpProcessingError):  # a part's headers unreadable: InvalidHeader...
         close_form(fields)
-        raise InvalidRequest("The multipart body is malformed.") from None
+        raise InvalidRequest("The multipart body is malformed.", code="invalid_multipart") from None
     except BaseException:
         close_form(fields)
         raise
