@@ -1,7 +1,7 @@
 """Field specs of what the operator writes (channels, client keys), from which both the checks and the JSON
 Schema of the admin API's OpenAPI document are derived, so a rule is written once. Pure: no framework, no I/O.
 
-config.yaml's channel parser uses the same rules (relay/config.py): a type, URL, model list or weight that
+config.yaml's channel parser uses the same rules (relay/config_channels.py): a type, URL, model list or weight that
 the admin API refuses is refused in config.yaml with the same words, under the field's YAML path.
 A failed check raises FieldError(param, message); the admin API renders it in OpenAI's error shape
 (`'base_url' must be ...`), the config parser as `channels[0].base_url: must be ...`.

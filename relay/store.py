@@ -1,4 +1,4 @@
-"""The only aiosqlite user: schema, batched ledger writes, the key table, and the reads behind /status.
+"""The only aiosqlite user: schema, batched ledger writes, balance leases, and the reads behind /status.
 
 One connection per process, WAL. Never called on the request path: the ledger's flusher, the key cache's
 poller, the admin API, the CLI and the operations pages are its callers.
@@ -6,6 +6,7 @@ poller, the admin API, the CLI and the operations pages are its callers.
 Two writers share the key table without racing: the operator (CLI, admin API) writes only the admin
 columns and bumps `rev`; the relay writes only `spent_usd`, in the same transaction as the ledger rows
 that account for it, so after any restart each key's spent equals the sum of its ledger rows.
+The key table's SQL is in relay/store_keys.py, the channels' in store_channels.py (mixins on this connection).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 import aiosqlite
 
 from .store_api import (
-    ADMIN_KEY_FIELDS, KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, column_value, key_from_row, usage_row,
+    ADMIN_KEY_FIELDS, USAGE_COLUMNS, Availability, SchemaError, usage_row,
 )
 from .store_buckets import BucketsSql
 from .store_channels import SqliteChannels
+from .store_keys import SqliteKeys
 from .store_schema import MIGRATIONS
 from .store_spend import SqliteSpend
-from .types import KeyRecord, UsageRecord
+from .types import UsageRecord
 
 __all__ = ["ADMIN_KEY_FIELDS", "MIGRATIONS", "Availability", "Store"]
 
@@ -50,12 +52,11 @@ async def _apply(db: aiosqlite.Connection, version: int) -> None:
 
 
 _ADD_USAGE_COLUMN = "ALTER TABLE usage ADD COLUMN "
-_NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 # A lease is granted when the free balance covers what is needed within this much (float sums of prices).
 _LEASE_EPSILON = 1e-9
 
 
-class Store(SqliteSpend, BucketsSql, SqliteChannels):
+class Store(SqliteSpend, BucketsSql, SqliteChannels, SqliteKeys):
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
@@ -288,94 +289,6 @@ class Store(SqliteSpend, BucketsSql, SqliteChannels):
         async with self._tx:
             await self.db.execute("DELETE FROM response_bindings WHERE response_id = ?", (response_id,))
             await self.db.commit()
-
-    # -- keys ---------------------------------------------------------------------------------------------
-
-    async def create_key(self, record: KeyRecord) -> KeyRecord:
-        """Insert a new key; id, hash and prefix come from the caller (the secret never reaches the store)."""
-        now = time.time()
-        await self.db.execute(
-            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,?,?,?,?,?,?,?,?,{_NEXT_REV})",
-            (
-                record.id, record.name, record.key_hash, record.prefix, column_value("models", record.models)[1],
-                record.status, record.expires_at, record.granted_usd, record.rpm, record.rpd, record.tpm,
-                record.tpd, record.ipm, column_value("ip_allow", record.ip_allow)[1], record.group or "default",
-                record.created_at or now,
-            ),
-        )
-        await self.db.commit()
-        got = await self.get_key(record.id)
-        assert got is not None
-        return got
-
-    async def sync_config_key(self, record: KeyRecord) -> None:
-        """Keys listed in config.yaml: inserted once (with their starting balance), their hash, name and
-        models kept in step. The balance is not: top-ups made since would be undone at each start."""
-        await self.db.execute(
-            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,'active',NULL,?,0,NULL,NULL,NULL,NULL,NULL,"
-            f"'[]','default',?,{_NEXT_REV}) ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, "
-            "name = excluded.name, prefix = excluded.prefix, models = excluded.models, status = 'active', "
-            "rev = excluded.rev WHERE keys.key_hash != excluded.key_hash OR keys.models != excluded.models "
-            "OR keys.status != 'active'",
-            (record.id, record.name, record.key_hash, record.prefix, column_value("models", record.models)[1],
-             record.granted_usd, time.time()),
-        )
-        await self.db.commit()
-
-    async def retire_config_keys(self, keep: Iterable[str]) -> None:
-        """A key removed from config.yaml stops working: revoke config keys whose id is not in `keep`."""
-        ids = list(keep)
-        await self.db.execute(
-            f"UPDATE keys SET status = 'revoked', rev = {_NEXT_REV} WHERE id LIKE 'cfg-%' AND status = 'active' "
-            f"AND id NOT IN ({', '.join('?' for _ in ids)})",
-            ids,
-        )
-        await self.db.commit()
-
-    async def get_key(self, ref: str) -> KeyRecord | None:
-        """By id, or by displayed prefix when exactly one key has it."""
-        async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (ref,)) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys WHERE prefix = ? LIMIT 2", (ref,)) as cur:
-                rows = list(await cur.fetchall())
-            row = rows[0] if len(rows) == 1 else None
-        return key_from_row(row) if row else None
-
-    async def list_keys(self) -> list[KeyRecord]:
-        async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id") as cur:
-            return [key_from_row(r) async for r in cur]
-
-    async def keys_changed_since(self, rev: int) -> list[KeyRecord]:
-        async with self.db.execute(
-            f"SELECT {KEY_COLUMNS} FROM keys WHERE rev > ? ORDER BY rev", (rev,)
-        ) as cur:
-            return [key_from_row(r) async for r in cur]
-
-    async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
-        """Change admin fields; unknown fields are a programming error."""
-        sets, args = [], []
-        for name, value in changes.items():
-            if name not in ADMIN_KEY_FIELDS:
-                raise ValueError(f"not an admin field: {name}")
-            column, v = column_value(name, value)
-            sets.append(f"{column} = ?")
-            args.append(v)
-        if sets:
-            await self.db.execute(
-                f"UPDATE keys SET {', '.join(sets)}, rev = {_NEXT_REV} WHERE id = ?", (*args, key_id)
-            )
-            await self.db.commit()
-        return await self.get_key(key_id)
-
-    async def top_up(self, key_id: str, usd: float) -> KeyRecord | None:
-        """Add to what the key was granted (atomic in the database: concurrent top-ups all count)."""
-        await self.db.execute(
-            f"UPDATE keys SET granted_usd = granted_usd + ?, rev = {_NEXT_REV} WHERE id = ? AND granted_usd IS NOT NULL",
-            (usd, key_id),
-        )
-        await self.db.commit()
-        return await self.get_key(key_id)
 
     async def spent_by_ledger(self) -> dict[str, float]:
         async with self.db.execute("SELECT key_id, SUM(cost_usd) FROM usage GROUP BY key_id") as cur:

@@ -8,6 +8,7 @@ The key table's `rev` is what every process's key cache polls (`keys_changed_sin
 a rev must never become visible after a higher one was seen. Each transaction that bumps rev first takes a
 transaction-scoped advisory lock, so rev bumps commit one at a time, in rev order. The relay's own spent_usd
 updates (with the ledger rows that account for them) take row locks only and do not bump rev.
+The key table's SQL is in relay/store_pg_keys.py, the channels' in store_pg_channels.py (mixins on this pool).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 import asyncpg
 
 from .store_api import (
-    ADMIN_KEY_FIELDS, KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, StoreError, column_value, key_from_row,
-    usage_row,
+    KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, StoreError, column_value, usage_row,
 )
 from .store_pg_buckets import PgBucketsSql
 from .store_pg_channels import PgChannels
+from .store_pg_keys import NEXT_REV, PgKeys
 from .store_pg_schema import MIGRATIONS, REV_LOCK, SCHEMA_LOCK
 from .store_spend import PgSpend
 from .types import KeyRecord, UsageRecord
@@ -70,11 +71,10 @@ _PAY_FROM_LEASES = (
 _NOW = "extract(epoch from now())::float8"  # the server's clock: every process's leases expire by one clock
 # A lease is granted when the free balance covers what is needed within this much (float sums of prices).
 _LEASE_EPSILON = 1e-9
-_NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 _KEY_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 18))
 
 
-class PgStore(PgSpend, PgBucketsSql, PgChannels):
+class PgStore(PgSpend, PgBucketsSql, PgChannels, PgKeys):
     def __init__(self, url: str, max_connections: int = 4) -> None:
         self.url = url
         self._max = max_connections
@@ -252,86 +252,6 @@ class PgStore(PgSpend, PgBucketsSql, PgChannels):
     async def unbind_response(self, response_id: str) -> None:
         await self.pool.execute("DELETE FROM response_bindings WHERE response_id = $1", response_id)
 
-    # -- keys ---------------------------------------------------------------------------------------------
-
-    async def _bump(self, sql: str, *args: Any) -> str:
-        """Run a statement that bumps rev, holding the rev lock until it commits (commit order = rev order)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", REV_LOCK)
-            return str(await conn.execute(sql, *args))
-
-    async def create_key(self, record: KeyRecord) -> KeyRecord:
-        """Insert a new key; id, hash and prefix come from the caller (the secret never reaches the store)."""
-        await self._bump(
-            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,0,$9,$10,$11,$12,$13,$14,$15,$16,"
-            f"{_NEXT_REV})",
-            record.id, record.name, record.key_hash, record.prefix, column_value("models", record.models)[1],
-            record.status, record.expires_at, record.granted_usd, record.rpm, record.rpd, record.tpm, record.tpd,
-            record.ipm, column_value("ip_allow", record.ip_allow)[1], record.group or "default",
-            record.created_at or time.time(),
-        )
-        got = await self.get_key(record.id)
-        assert got is not None
-        return got
-
-    async def sync_config_key(self, record: KeyRecord) -> None:
-        """Keys listed in config.yaml: inserted once (with their starting balance), their hash, name and
-        models kept in step (not the balance: see the SQLite store)."""
-        await self._bump(
-            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,'active',NULL,$7,0,NULL,NULL,NULL,NULL,NULL,"
-            f"'[]','default',$6,{_NEXT_REV}) ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, "
-            "name = excluded.name, prefix = excluded.prefix, models = excluded.models, status = 'active', "
-            "rev = excluded.rev WHERE keys.key_hash <> excluded.key_hash OR keys.models <> excluded.models "
-            "OR keys.status <> 'active'",
-            record.id, record.name, record.key_hash, record.prefix, column_value("models", record.models)[1],
-            time.time(), record.granted_usd,
-        )
-
-    async def retire_config_keys(self, keep: Iterable[str]) -> None:
-        """A key removed from config.yaml stops working: revoke config keys whose id is not in `keep`."""
-        await self._bump(
-            f"UPDATE keys SET status = 'revoked', rev = {_NEXT_REV} WHERE id LIKE 'cfg-%' AND status = 'active' "
-            "AND NOT (id = ANY($1::text[]))",
-            list(keep),
-        )
-
-    async def get_key(self, ref: str) -> KeyRecord | None:
-        """By id, or by displayed prefix when exactly one key has it."""
-        row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", ref)
-        if row is None:
-            rows = await self.pool.fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE prefix = $1 LIMIT 2", ref)
-            row = rows[0] if len(rows) == 1 else None
-        return key_from_row(row) if row else None
-
-    async def list_keys(self) -> list[KeyRecord]:
-        return [key_from_row(r) for r in await self.pool.fetch(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id")]
-
-    async def keys_changed_since(self, rev: int) -> list[KeyRecord]:
-        rows = await self.pool.fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE rev > $1 ORDER BY rev", rev)
-        return [key_from_row(r) for r in rows]
-
-    async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
-        """Change admin fields; unknown fields are a programming error."""
-        sets, args = [], []
-        for name, value in changes.items():
-            if name not in ADMIN_KEY_FIELDS:
-                raise ValueError(f"not an admin field: {name}")
-            column, v = column_value(name, value)
-            args.append(v)
-            sets.append(f"{column} = ${len(args)}")
-        if sets:
-            args.append(key_id)
-            await self._bump(f"UPDATE keys SET {', '.join(sets)}, rev = {_NEXT_REV} WHERE id = ${len(args)}", *args)
-        return await self.get_key(key_id)
-
-    async def top_up(self, key_id: str, usd: float) -> KeyRecord | None:
-        """Add to what the key was granted (atomic in the database: concurrent top-ups all count)."""
-        await self._bump(
-            f"UPDATE keys SET granted_usd = granted_usd + $1, rev = {_NEXT_REV} WHERE id = $2 AND granted_usd IS NOT NULL",
-            usd, key_id,
-        )
-        return await self.get_key(key_id)
-
     # -- reads behind /status and `relay usage` -----------------------------------------------------------
 
     async def usage_summary(
@@ -401,7 +321,7 @@ class PgStore(PgSpend, PgBucketsSql, PgChannels):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", REV_LOCK)
             for k in keys:
                 status = await conn.execute(
-                    f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({_KEY_PLACEHOLDERS}, {_NEXT_REV}) ON CONFLICT DO NOTHING",
+                    f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({_KEY_PLACEHOLDERS}, {NEXT_REV}) ON CONFLICT DO NOTHING",
                     k.id, k.name, k.key_hash, k.prefix, column_value("models", k.models)[1], k.status, k.expires_at,
                     k.granted_usd, k.spent_usd, k.rpm, k.rpd, k.tpm, k.tpd, k.ipm,
                     column_value("ip_allow", k.ip_allow)[1], k.group or "default", k.created_at,

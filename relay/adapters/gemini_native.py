@@ -9,7 +9,7 @@ Streams are always asked of the upstream with `alt=sse` and forwarded event by e
 event is parsed on the way: Gemini repeats `usageMetadata` in every event, so the last run of events that
 holds one is kept (a reference) and its last such event parsed once, when the usage is asked for; only an
 event that holds a `finishReason` (one per candidate, at the end) is parsed, to tell a clean end (every
-candidate asked for finished, the rule the chat translation in gemini.py uses) from a cut stream. An error
+candidate asked for finished, the rule the chat translation in gemini_stream.py uses) from a cut stream. An error
 object the upstream sends mid-stream goes to the client as it is, and is the stream's end. A client that
 asked without `alt=sse` gets Google's other stream format, one JSON array written element by element
 (`[{...}\\n,{...}\\n]`), made from the same events without parsing them.
