@@ -20,7 +20,7 @@ from .auth import KeyCache, config_key_record
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
-from .access_log import AccessLog
+from .access_log import AccessLog, LineFormatter
 from .bindings_redis import RedisBindings
 from .client_addr import ClientAddress
 from .config import Config, ConfigError
@@ -309,9 +309,9 @@ _QUIET_LOGGERS = ("aiosqlite", "asyncpg", "aiohttp.access", "aiohttp.internal", 
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)  # its timestamp formatted once a second (the access log's lines)
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     root = logging.getLogger()
     root.setLevel(level.upper())
     for name in _QUIET_LOGGERS:
