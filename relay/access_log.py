@@ -66,7 +66,7 @@ class AccessLog:
                 status, note.end_reason or "-", latency, "-" if ttft is None else ttft,
             )
         # the record log.info would make, less its caller lookup (a walk up the stack: no format shows it)
-        log.handle(log.makeRecord(_NAME, logging.INFO, _FILE, 0, line, None, None))
+        log.handle(log.makeRecord(_NAME, logging.INFO, _FILE, 0, line, (), None))
 
 
 class LineFormatter(logging.Formatter):
@@ -83,7 +83,7 @@ class LineFormatter(logging.Formatter):
         if second != self._second:
             self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
             self._second = second
-        return self.default_msec_format % (self._stamp, record.msecs)
+        return "%s,%03d" % (self._stamp, record.msecs)  # logging.Formatter.default_msec_format
 
 
 _NONE = AccessNote()
