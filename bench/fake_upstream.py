@@ -2,7 +2,8 @@
 
 Endpoints (with and without the ``/v1`` prefix): ``chat/completions``, ``completions``,
 ``embeddings``, ``images/generations`` (+ ``edits``/``variations``), ``audio/speech``,
-``audio/transcriptions``, ``audio/translations``, ``moderations``, ``models``, ``models/{id}``,
+``audio/transcriptions``, ``audio/translations``, ``moderations``, ``rerank`` (Jina's format),
+``models``, ``models/{id}``,
 and the Responses API (``responses`` and its stateful follow-ups: see bench/fake_responses.py).
 Every request needs ``Authorization: Bearer <non-empty>``; errors use OpenAI's error object.
 
@@ -26,6 +27,8 @@ Test hooks, stored on the app under the typed keys exported here:
   ``handler_cancellation=True``, which ``aiohttp_server``/``TestServer`` and the CLI use);
   ``hang``/``stall`` poll the transport every 50 ms and notice within that.
 * ``OPTIONS`` - the live :class:`FakeOptions` (mutable; read on every request).
+* A chat model whose name holds ``reasoner`` answers with ``reasoning_content`` (``REASONING``) before its
+  text, as DeepSeek-R1 does.
 * ``bench.fake_responses.RESPONSES`` - the stored Responses API responses, per account key.
 
 With ``chunk_delay_ms == 0`` a whole SSE stream is sent in one write (same bytes, fewer
@@ -58,6 +61,8 @@ DEFAULT_MODELS = ("demo", "gpt-4o-mini", "text-embedding-3-small", "dall-e-3", "
                   "whisper-1", "omni-moderation-latest")
 FINGERPRINT = "fp_fake0demo"
 _SENTENCE = "Hello! This is the demo model."
+# What models named *reasoner* think before they answer, in reasoning_content.
+REASONING = "The user greets me. I should answer briefly."
 _TRANSCRIPT = "Hello! This is the demo transcription."
 _IDS = itertools.count(1)
 _RUN = os.urandom(4).hex()
@@ -123,7 +128,8 @@ class Received:
     key: str | None
     at: float
     fields: dict[str, str] = field(default_factory=dict)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # the last file part of each name
+    parts: list[dict[str, Any]] = field(default_factory=list)  # every multipart part, in order
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -198,6 +204,7 @@ class Call:
     files: dict[str, dict[str, Any]]
     request: web.Request
     _json: Any = None
+    parts: list[dict[str, Any]] = field(default_factory=list)  # multipart parts in order (see Received)
 
     def json(self) -> dict[str, Any]:
         """The JSON body (or, for multipart requests, the plain form fields)."""
@@ -329,16 +336,17 @@ class FakeUpstream:
                       build: Callable[[Call], Reply]) -> web.StreamResponse:
         fields: dict[str, str] = {}
         files: dict[str, dict[str, Any]] = {}
+        parts: list[dict[str, Any]] = []
         multipart = request.content_type.startswith("multipart/")
         if multipart:
-            await self._read_multipart(request, fields, files)
+            await self._read_multipart(request, fields, files, parts)
             body = orjson.dumps({"fields": fields, "files": files})
         else:
             body = await request.read()
         if self.opts.record:
             self.records.append(Received(request.method, request.path, request.query_string,
                                          CIMultiDict(request.headers), body, key,
-                                         asyncio.get_running_loop().time(), fields, files))
+                                         asyncio.get_running_loop().time(), fields, files, parts))
         if key is None:
             return _error(ApiError(401, "You didn't provide an API key. You need to provide your "
                                    "API key in an Authorization header using Bearer auth."))
@@ -361,7 +369,7 @@ class FakeUpstream:
         if opts.fail_rate > 0 and self.rng.random() < opts.fail_rate:
             return _error(ApiError(opts.fail_status, _ERR_MESSAGES.get(opts.fail_status, "Error.")))
         try:
-            reply = build(Call(key, body, fields, files, request, fields if multipart else None))
+            reply = build(Call(key, body, fields, files, request, fields if multipart else None, parts))
         except ApiError as exc:
             return _error(exc)
         if reply.pieces is None and action is None:
@@ -380,13 +388,15 @@ class FakeUpstream:
         return Action(action) if isinstance(action, str) else action
 
     async def _read_multipart(self, request: web.Request, fields: dict[str, str],
-                              files: dict[str, dict[str, Any]]) -> None:
+                              files: dict[str, dict[str, Any]], parts: list[dict[str, Any]]) -> None:
+        """Fields as text; file parts hashed as they stream in (never held whole)."""
         reader = await request.multipart()
         async for part in reader:
             if not isinstance(part, BodyPartReader) or not part.name:
                 continue
             if part.filename is None:
                 fields[part.name] = await part.text()
+                parts.append({"name": part.name, "value": fields[part.name]})
                 continue
             digest, size = hashlib.sha256(), 0
             while chunk := await part.read_chunk(65536):
@@ -395,6 +405,7 @@ class FakeUpstream:
             files[part.name] = {"filename": part.filename, "size": size,
                                 "content_type": part.headers.get("Content-Type"),
                                 "sha256": digest.hexdigest()}
+            parts.append({"name": part.name, **files[part.name]})
 
     async def _until_gone(self, request: web.Request, key: str | None) -> None:
         """Sleep until the client closes the connection, then record the disconnect."""
@@ -476,6 +487,11 @@ class FakeUpstream:
                        "annotations": []}
             deltas = [_ROLE_DELTA] + ([orjson.dumps({"content": t}) for t in texts]
                                       if body.get("response_format") else self._text_deltas(n_out))
+            if "reasoner" in model:  # a reasoning model (DeepSeek-R1's shape): reasoning_content first
+                thought = _split(REASONING, 3)
+                message["reasoning_content"] = REASONING
+                deltas[1:1] = [orjson.dumps({"content": None, "reasoning_content": t}) for t in thought]
+                n_out += len(thought)
         usage = _usage(prompt, n_out)
         if not stream:
             return Reply(orjson.dumps({
@@ -576,8 +592,15 @@ class FakeUpstream:
 
     def images(self, call: Call) -> Reply:
         body = call.json()
-        if call.request.path.endswith("generations"):
+        path = call.request.path
+        if path.endswith(("generations", "edits")):
             call.need("prompt")
+        if not path.endswith("generations"):
+            images = [p for p in call.parts if p["name"] in ("image", "image[]") and "sha256" in p]
+            if not images:
+                raise _missing("image")
+            if path.endswith("variations") and len(images) > 1:
+                raise ApiError(400, "Only one image may be given for variations.", param="image")
         model = str(body.get("model") or "dall-e-2")
         n = int(body.get("n") or 1)
         gpt_image = model.startswith("gpt-image")
@@ -625,6 +648,33 @@ class FakeUpstream:
             return Reply(orjson.dumps({"task": task, "language": "english", "duration": 1.0,
                                        "text": text, "segments": [seg]}))
         return Reply(orjson.dumps({"text": text, "usage": {"type": "duration", "seconds": 1}}))
+
+    def rerank(self, call: Call) -> Reply:
+        """Jina's rerank: results sorted by relevance (query words found in the document, then the
+        document's place: deterministic), top_n of them, documents returned unless asked not to."""
+        body = call.json()
+        model, query, docs = call.need("model"), call.need("query"), call.need("documents")
+        if not isinstance(docs, list) or not docs:
+            raise ApiError(400, "'documents' must be a non-empty list.", param="documents")
+        texts = [d if isinstance(d, str) else str(d.get("text", "")) if isinstance(d, dict) else "" for d in docs]
+        words = set(str(query).lower().split())
+
+        def score(i: int) -> float:
+            found = words & set(texts[i].lower().split())
+            return round(len(found) / (len(words) or 1) * 0.9 + 0.09 / (i + 1), 6)
+
+        order = sorted(range(len(texts)), key=lambda i: (-score(i), i))
+        top_n = body.get("top_n")
+        if isinstance(top_n, int) and top_n > 0:
+            order = order[:top_n]
+        results: list[dict[str, Any]] = []
+        for i in order:
+            item: dict[str, Any] = {"index": i, "relevance_score": score(i)}
+            if body.get("return_documents", True):
+                item["document"] = {"text": texts[i]}
+            results.append(item)
+        tokens = _tokens(str(query)) + sum(_tokens(t) for t in texts)
+        return Reply(orjson.dumps({"model": model, "usage": {"total_tokens": tokens}, "results": results}))
 
     def moderations(self, call: Call) -> Reply:
         inp = call.need("input")
@@ -717,6 +767,7 @@ def build_app(opts: FakeOptions | None = None) -> web.Application:
     app[DISCONNECTS], app[RESPONSES] = fake.disconnects, responses.store
     routes = [("POST", "chat/completions", fake.chat), ("POST", "completions", fake.completions),
               ("POST", "embeddings", fake.embeddings), ("POST", "moderations", fake.moderations),
+              ("POST", "rerank", fake.rerank),
               ("POST", "images/generations", fake.images), ("POST", "images/edits", fake.images),
               ("POST", "images/variations", fake.images), ("POST", "audio/speech", fake.speech),
               ("POST", "audio/transcriptions", fake.transcription),

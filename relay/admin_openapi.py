@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .admin_schema import CHANNEL_FIELDS, KEY_FIELDS
+
 __all__ = ["HEALTH_PATHS", "OPENAPI"]
 
 # -- the OpenAPI document ---------------------------------------------------------------------------------
@@ -23,33 +25,83 @@ def _ok(description: str, schema: dict[str, Any], status: str = "200") -> dict[s
 def _errors(*statuses: int) -> dict[str, Any]:
     why = {
         400: "Bad request body or parameter", 401: "Missing or wrong admin token", 403: "The admin API is disabled",
-        404: "No such key", 409: "The key's balance is unlimited",
+        404: "No such key (or channel, or account)",
+        409: "The key's balance is unlimited; the channel exists already, comes from config.yaml, or has secrets "
+             "to store without RELAY_SECRET set",
     }
     return {str(s): {"description": why[s], "content": {"application/json": {"schema": _ref("Error")}}}
             for s in (401, 403, *statuses)}
 
 
-_LIMIT_PROPS = {
-    name: _nullable("integer", f"{what}; null: no limit", minimum=1)
-    for name, what in (
-        ("rpm", "Requests per minute"), ("rpd", "Requests per day"), ("tpm", "Tokens per minute"),
-        ("tpd", "Tokens per day"), ("ipm", "Images per minute"),
-    )
-}
-_WRITABLE = {
-    "name": {"type": "string", "minLength": 1, "maxLength": 200},
-    "models": {"type": ["array", "null"], "items": {"type": "string"},
-               "description": "Model names or globs (gpt-4o*) the key may use; empty or null: every model"},
-    "expires_at": {"type": ["string", "number", "null"],
-                   "description": "ISO 8601 (a naive time is UTC) or unix seconds; null: never"},
-    "ip_allow": {"type": ["array", "null"], "items": {"type": "string"},
-                 "description": "CIDR blocks the key may be used from; empty or null: any address"},
-    "group": {"type": "string", "description": "Billing group (its price multiplier is in billing.groups)"},
-    **_LIMIT_PROPS,
-}
+# What a key answer shows of the writable fields, as KEY_FIELDS (relay/admin_schema.py) describes them.
+_WRITABLE = {s.name: s.json_schema() for s in KEY_FIELDS.shown() if s.name not in ("quota_usd", "status")}
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "The key's id (key_...) or its displayed prefix (sk-XXXX)"}
 _KEY_OUT = _ok("The key", _ref("Key"))
+
+# -- channels: the request schemas come from relay/admin_schema.py, as do the checks ------------------------
+
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "The channel's name"}
+_CHANNEL_OUT = _ok("The channel (keys never shown: each account has a short prefix)", _ref("Channel"))
+
+
+def _account_route(action: str) -> dict[str, Any]:
+    return {
+        "parameters": [_NAME_PARAM, {"name": "index", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0},
+                                     "description": "The account's index in the channel's keys"}],
+        "post": {"operationId": f"{action}ChannelAccount",
+                 "summary": f"{action.capitalize()} one account of a channel, in every process and across restarts",
+                 "responses": {**_CHANNEL_OUT, **_errors(404)}},
+    }
+
+
+_CHANNEL_PATHS: dict[str, Any] = {
+    "/admin/channels": {
+        "get": {"operationId": "listChannels", "summary": "List channels (config.yaml's and the API's)",
+                "responses": {**_ok("Every channel", {"type": "object", "required": ["object", "data"], "properties": {
+                    "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Channel")}}}), **_errors()}},
+        "post": {
+            "operationId": "createChannel", "summary": "Add a channel; it serves in every process within a second",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChannelCreate")}}},
+            "responses": {**_ok("The new channel", _ref("Channel"), "201"), **_errors(400, 409)},
+        },
+    },
+    "/admin/channels/{name}": {
+        "parameters": [_NAME_PARAM],
+        "get": {"operationId": "getChannel", "summary": "One channel", "responses": {**_CHANNEL_OUT, **_errors(404)}},
+        "patch": {
+            "operationId": "updateChannel", "summary": "Change a channel added through the API (keys: replaces them)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChannelUpdate")}}},
+            "responses": {**_CHANNEL_OUT, **_errors(400, 404, 409)},
+        },
+        "delete": {
+            "operationId": "deleteChannel", "summary": "Delete a channel added through the API",
+            "responses": {**_ok("Deleted", _ref("ChannelDeleted")), **_errors(404, 409)},
+        },
+    },
+    "/admin/channels/{name}/accounts/{index}/enable": _account_route("enable"),
+    "/admin/channels/{name}/accounts/{index}/disable": _account_route("disable"),
+}
+
+
+def _channel_out() -> dict[str, Any]:
+    shown = {s.name: s.json_schema() for s in CHANNEL_FIELDS.shown()}
+    return {
+        "type": "object",
+        "required": ["object", "name", "source", "enabled", *shown, "accounts", "created_at", "updated_at", "rev"],
+        "properties": {
+            "object": {"const": "channel"},
+            **shown,
+            "source": {"enum": ["config", "api"], "description": "config: seeded from config.yaml (change it there)"},
+            "header_names": {"type": "array", "items": {"type": "string"}, "description": "Names of its extra headers"},
+            "proxy": {"type": ["string", "null"], "description": "Its HTTP proxy, the password masked"},
+            "accounts": {"type": "array", "items": _ref("ChannelAccount")},
+            "secrets_readable": {"type": "boolean",
+                                 "description": "false: its keys cannot be decrypted with this RELAY_SECRET"},
+            "created_at": {"type": "number"}, "updated_at": {"type": "number"},
+            "rev": {"type": "integer", "description": "The channels' change counter at its last change"},
+        },
+    }
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -112,6 +164,7 @@ OPENAPI: dict[str, Any] = {
                     "data": {"type": "array", "items": _ref("UsageRow")}}}), **_errors(400, 404)},
             },
         },
+        **_CHANNEL_PATHS,
         "/admin/openapi.json": {
             "get": {"operationId": "openapi", "summary": "This document",
                     "responses": {**_ok("OpenAPI 3.1 document", {"type": "object"}), **_errors()}},
@@ -141,16 +194,8 @@ OPENAPI: dict[str, Any] = {
             "KeyCreated": {"allOf": [_ref("Key"), {
                 "type": "object", "required": ["key"],
                 "properties": {"key": {"type": "string", "description": "The secret; returned only by this call"}}}]},
-            "KeyCreate": {
-                "type": "object", "required": ["name"], "additionalProperties": False,
-                "properties": {**_WRITABLE, "quota_usd": _nullable(
-                    "number", "USD the key may spend (top-ups add to it); null or absent: unlimited", minimum=0)},
-            },
-            "KeyUpdate": {
-                "type": "object", "additionalProperties": False,
-                "properties": {**_WRITABLE, "status": {"enum": ["active", "revoked"]},
-                               "granted_usd": _nullable("number", "Sets the granted USD; null: unlimited", minimum=0)},
-            },
+            "KeyCreate": KEY_FIELDS.json_schema(creating=True),
+            "KeyUpdate": KEY_FIELDS.json_schema(creating=False),
             "UsageRow": {
                 "type": "object",
                 "required": ["requests", "ok", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"],
@@ -161,6 +206,22 @@ OPENAPI: dict[str, Any] = {
                     "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
                     "total_tokens": {"type": "integer"}, "cost_usd": {"type": "number"},
                 },
+            },
+            "ChannelCreate": CHANNEL_FIELDS.json_schema(creating=True),
+            "ChannelUpdate": CHANNEL_FIELDS.json_schema(creating=False),
+            "Channel": _channel_out(),
+            "ChannelAccount": {
+                "type": "object", "required": ["index", "prefix", "enabled"], "additionalProperties": False,
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "prefix": {"type": ["string", "null"], "description": "The key's first characters (at most 7)"},
+                    "enabled": {"type": "boolean", "description": "false: turned off by the operator"},
+                },
+            },
+            "ChannelDeleted": {
+                "type": "object", "required": ["object", "name", "deleted"],
+                "properties": {"object": {"const": "channel.deleted"}, "name": {"type": "string"},
+                               "deleted": {"const": True}},
             },
             "Error": {
                 "type": "object", "required": ["error"],

@@ -14,20 +14,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import config_check, tokens, web_admin, web_admin_health, web_api, web_input, web_ops
+from . import (
+    channels, config_check, tokens, web_admin, web_admin_channels, web_admin_health, web_api, web_billing, web_gemini,
+    web_input, web_ops,
+)
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
+from .availability import AvailabilityRecorder
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
 from .access_log import AccessLog, LineFormatter
 from .bindings_redis import RedisBindings
 from .client_addr import ClientAddress
+from .channel_watch import ChannelWatch
 from .config import Config, ConfigError
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
 from .health_service import HealthService
 from .http_server import RelayRunner
+from .journal import make_journal
 from .ledger import Ledger
 from .metrics import Metrics
 from .limits import LocalLimiter
@@ -35,11 +41,13 @@ from .limits_redis import RedisLimiter
 from .middleware import errors_middleware, response_headers
 from .proxy import Proxy
 from .router import Router
+from .status_data import StatusBoard
+from .secretbox import SecretError, box_from_env
 from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
 
-__all__ = ["HEALTH", "LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
+__all__ = ["AVAILABILITY", "HEALTH", "LEDGER", "PROXY", "ROUTER", "STORE", "build_app", "run", "start"]
 
 log = logging.getLogger("relay")
 
@@ -49,6 +57,7 @@ LEDGER = web.AppKey("ledger", Ledger)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
 HEALTH = web.AppKey("health", HealthService)
+AVAILABILITY = web.AppKey("availability", AvailabilityRecorder)  # health probes report to it too
 
 def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.Application:
     """`holder` names this process's balance leases in the store (see relay.balances); stable across
@@ -59,6 +68,10 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         except LookupError as e:
             raise ConfigError(f"channels[{i}].type: {e}") from None
 
+    try:
+        box = box_from_env()  # seals the secrets of channels added through the admin API
+    except SecretError as e:
+        raise ConfigError(str(e)) from None
     router = Router(cfg.channels, cfg.retry, sticky_ttl=cfg.routing.sticky_ttl)
     shared = _share(cfg, router)
     outage = None if shared is None else shared[0].outage
@@ -73,7 +86,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         store, holder, cfg.billing.lease_ttl, cfg.billing.lease_fraction,
         on_store_error=lambda: metrics.store_error("balances"),
     )
-    ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written)
+    ledger = Ledger(store, cfg.ledger, metrics, holder, balances.written, make_journal(cfg.ledger, cfg.database, holder))
     keys = KeyCache(store)
     limiter = _limiter(cfg, workers)
     if isinstance(limiter, RedisLimiter):
@@ -83,12 +96,23 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         RedisBindings(cfg.limits.redis_url, cfg.limits.prefix + "resp:") if cfg.limits.backend == "redis" else None
     )
     bindings = ResponseBindings(redis_bindings or store, cfg.routing.response_ttl)
+    availability = AvailabilityRecorder(store, cfg.status.bucket)
     proxy = Proxy(
-        cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing), balances, limiter, bindings,
+        cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing, cfg.reasoning), balances, limiter,
+        bindings, availability,
     )
     metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
+
+    def reloaded() -> None:  # the channels changed: the metrics' model labels follow
+        metrics.models = frozenset(router.models())
+
+    watch = ChannelWatch(store, router, box, cfg.channels, on_reload=reloaded)
     health = HealthService(cfg, router, upstream, metrics, holder)
-    ops = web_ops.OpsDeps(metrics, router, store, lambda: ledger.store_ok and balances.store_ok, cfg.metrics_token)
+    health.prober.on_result = availability.observe_probe  # probes count in the status page's figures
+    ops = web_ops.OpsDeps(
+        metrics, router, store, lambda: ledger.store_ok and balances.store_ok,
+        StatusBoard(store, router, cfg.status, overloaded=lambda: ledger.full), cfg.metrics_token,
+    )
 
     app = web.Application(
         middlewares=[errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics, AccessLog(cfg.access_log))],
@@ -98,8 +122,12 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
     app[web_input.BODY_BUDGET] = web_input.BodyBudget(cfg.server.max_inflight_body_bytes)
     app[HEALTH] = health
-    web_api.add_routes(app, web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings))
+    app[AVAILABILITY] = availability
+    api = web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings)
+    web_api.add_routes(app, api, web_gemini.google_models(api))
+    web_gemini.add_gemini_routes(app, api)
     web_ops.add_routes(app, ops)
+    web_billing.add_routes(app, web_billing.BillingDeps(keys, store))
     app.on_response_prepare.append(response_headers(cfg.server.cors_origins))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -113,17 +141,25 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         for record in config_keys:
             await store.sync_config_key(record)
         await store.retire_config_keys(r.id for r in config_keys)
+        await ledger.recover()  # rows a killed process left in its journal, before any lease is taken
         await keys.refresh()
         keys.start()
+        for name in await channels.seed(store, cfg):
+            log.info("channel %s is no longer in the config: removed", name)
+        await watch.refresh()  # the channels added through the admin API too, before serving
+        watch.start()
         await upstream.start()
         await health.start()
         ledger.start()
+        availability.start()
         balances.start()
         bindings.start()
         yield
         await health.close()  # first: its last transitions still reach the shared state
         await keys.close()
+        await watch.close()
         await ledger.close()
+        await availability.close()
         await bindings.close()
         if redis_bindings is not None:
             await redis_bindings.close()
@@ -142,7 +178,11 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
 
     app.cleanup_ctx.append(lifecycle)
     # after the relay's own lifecycle: the admin API's connection opens once the schema exists
-    web_admin.add_routes(app, web_admin.AdminDeps(cfg, store, keys, balances))
+    admin = web_admin.AdminDeps(cfg, store, keys, balances)
+    web_admin.add_routes(app, admin)
+    web_admin_channels.add_routes(
+        app, cfg.admin_token, channels.ChannelService(admin.store, box, cfg.channels), watch,
+    )
     web_admin_health.add_routes(app, cfg, health.prober)
     app.on_shutdown.append(drain)
     return app

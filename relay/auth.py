@@ -24,7 +24,10 @@ from .store_api import Storage
 from .tasks import stop
 from .types import KeyRecord
 
-__all__ = ["KeyCache", "KeyResolver", "authenticate", "check_key", "extract_key", "key_allows", "new_secret"]
+__all__ = [
+    "KeyCache", "KeyResolver", "authenticate", "check_key", "extract_google_key", "extract_key", "key_allows",
+    "new_secret",
+]
 
 log = logging.getLogger("relay.auth")
 
@@ -134,8 +137,23 @@ def extract_key(headers: Mapping[str, str]) -> str:
     )
 
 
-def authenticate(resolver: KeyResolver, headers: Mapping[str, str]) -> KeyRecord:
-    record = resolver.resolve(extract_key(headers))
+def extract_google_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+    """The client's key on the Gemini-native routes: `x-goog-api-key`, `?key=` (as Google's own clients
+    send it), `Authorization: Bearer` or `x-api-key`. The query value is only read here, never kept."""
+    key = headers.get("x-goog-api-key") or query.get("key")
+    if key and key.strip():
+        return key.strip()
+    try:
+        return extract_key(headers)
+    except Unauthorized:
+        raise Unauthorized(
+            "Method doesn't allow unregistered callers: send the API key as 'x-goog-api-key', '?key=' or "
+            "'Authorization: Bearer'.", code="missing_api_key",
+        ) from None
+
+
+def authenticate(resolver: KeyResolver, headers: Mapping[str, str], secret: str | None = None) -> KeyRecord:
+    record = resolver.resolve(secret if secret is not None else extract_key(headers))
     if record is None:
         raise Unauthorized("Incorrect API key provided.")
     return record

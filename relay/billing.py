@@ -13,7 +13,7 @@ from typing import Any
 from .config import BillingConfig, PriceConfig
 from .endpoints import ENDPOINTS
 from .errors import PermissionDenied
-from .types import RelayRequest, Usage
+from .types import ReasoningTable, RelayRequest, Usage
 
 __all__ = ["Pricing", "output_limit"]
 
@@ -25,9 +25,12 @@ _PROMPT_MARGIN = 1.25
 
 
 class Pricing:
-    def __init__(self, prices: Mapping[str, PriceConfig], cfg: BillingConfig) -> None:
+    def __init__(
+        self, prices: Mapping[str, PriceConfig], cfg: BillingConfig, reasoning: ReasoningTable | None = None
+    ) -> None:
         self._prices = prices
         self._cfg = cfg
+        self._reasoning = reasoning or ReasoningTable()
 
     def price(self, model: str, endpoint: str | None = None) -> PriceConfig:
         ep = ENDPOINTS.get(endpoint) if endpoint is not None else None
@@ -51,12 +54,19 @@ class Pricing:
         if fixed is not None:
             return fixed
         body: Mapping[str, Any] = req.json or {}
-        prompt = prompt_tokens * _PROMPT_MARGIN * price.input / 1e6
+        # the whole prompt may be written to a prompt cache, which can cost more than input (Anthropic: 1.25x)
+        per_prompt_token = max(price.input, price.cache_write or 0.0)
+        prompt = prompt_tokens * _PROMPT_MARGIN * per_prompt_token / 1e6
         fields = _output_fields(req)
         if not fields:
             return prompt
-        limit = next((body[f] for f in fields if body.get(f) is not None), None)
-        output = _int(limit, self._cfg.max_output_tokens) * max(1, _int(body.get("n"), 1))
+        limit = _int(next((v for f in fields if (v := _field(body, f)) is not None), None), self._cfg.max_output_tokens)
+        effort = body.get("reasoning_effort")
+        if isinstance(effort, str) and effort != "none":
+            # Claude's max_tokens is raised by the thinking budget when it is not above it (relay.adapters.thinking)
+            budget = self._reasoning.for_model(req.model).budgets.get(effort, 0)
+            limit += budget if limit <= budget else 0
+        output = limit * max(1, _int(body.get("n"), 1))
         return prompt + output * price.output / 1e6
 
     def cost(self, price: PriceConfig, req: RelayRequest, usage: Usage) -> float:
@@ -65,10 +75,13 @@ class Pricing:
         if fixed is not None:
             return fixed
         cached = min(usage.cached_tokens, usage.prompt_tokens)
+        written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
         cached_price = price.input if price.cached_input is None else price.cached_input
+        write_price = price.input if price.cache_write is None else price.cache_write
         return (
-            (usage.prompt_tokens - cached) * price.input
+            (usage.prompt_tokens - cached - written) * price.input
             + cached * cached_price
+            + written * write_price
             + usage.completion_tokens * price.output
         ) / 1e6
 
@@ -77,6 +90,8 @@ class Pricing:
         ep = ENDPOINTS.get(req.endpoint)
         if price.free or (ep is not None and ep.pricing == "none"):
             return 0.0
+        if price.per_request:
+            return price.per_request
         body: Mapping[str, Any] = req.json or {}
         pricing = ep.pricing if ep is not None else "tokens"
         if pricing == "images":
@@ -110,7 +125,17 @@ def output_limit(req: RelayRequest, default: int) -> int:
     if not fields:
         return 0
     body: Mapping[str, Any] = req.json or {}
-    return _int(next((body[f] for f in fields if body.get(f) is not None), None), default)
+    return _int(next((v for f in fields if (v := _field(body, f)) is not None), None), default)
+
+
+def _field(body: Mapping[str, Any], name: str) -> Any:
+    """A body field; a dotted name reaches into nested objects (Gemini's generationConfig.maxOutputTokens)."""
+    if "." not in name:
+        return body.get(name)
+    value: Any = body
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def _int(value: object, default: int) -> int:

@@ -1,4 +1,4 @@
-"""The `relay` command: serve | keys create|list|revoke|topup | usage | db migrate|copy | channels test.
+"""The `relay` command: serve | keys create|list|revoke|topup | usage | db migrate|copy | channels list|test.
 
 The key and usage commands open the configured database directly (a SQLite file or PostgreSQL), so they
 work whether or not the relay is running (WAL and a busy timeout let them share a SQLite file); a running
@@ -21,14 +21,15 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .cli_channels import add_channels_parser, run_channels
+from . import cli_channels
 from .config import Config, ConfigError, load_config
 from .errors import RelayError
 from .dbcopy import NotARelayDatabase, check_source, copy_sqlite
 from .storage import DATABASE_ERRORS, Storage, is_postgres, make_store, mask_url
 from .store_pg import PgStore
 from .types import KeyRecord
-from .web_admin import LIMITS, create_key, day_start, key_fields, resolve_key, topup_usd
+from .secretbox import SecretError, box_from_env
+from .keys import LIMITS, KeyConflict, create_key, day_start, key_fields, resolve_key, revoke_key, top_up
 
 __all__ = ["main"]
 
@@ -116,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     cp = ds.add_parser("copy", help="copy a SQLite deployment (keys, balances, ledger) into the config's PostgreSQL")
     cp.add_argument("--from", dest="source", required=True, metavar="SQLITE_FILE", help="the relay.db to copy")
     cp.add_argument("--config", required=True, help="path to config.yaml (its database: a postgresql:// URL)")
-    add_channels_parser(sub, _Parser)
+
+    cli_channels.add_parser(sub)
     return p
 
 
@@ -134,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             configure_logging(cfg.log_level)
             build_app(cfg)  # validates what config alone cannot (channel types) before binding anything
             return run(cfg, args.host, args.port, args.workers)
-        if args.command == "channels":
-            return run_channels(cfg, args)
+        if args.command == "channels" and args.action == "test":
+            return cli_channels.run_test(cfg, args)
         return _run_db_command(cfg, args)
     except ConfigError as e:
         print(f"relay: config error: {e}", file=sys.stderr)
@@ -162,6 +164,14 @@ def _run_db_command(cfg: Config, args: argparse.Namespace) -> int:
         command = _usage
     elif args.command == "db":
         command = {"migrate": _migrate, "copy": _copy}[args.action]
+    elif args.command == "channels":
+        try:
+            box = box_from_env()
+        except SecretError as e:
+            raise ConfigError(str(e)) from None
+
+        async def command(store: Storage, args: argparse.Namespace) -> None:
+            await cli_channels.list_channels(store, cfg, box, args.json, _table)
     else:
         command = {"create": _create, "list": _list, "revoke": _revoke, "topup": _topup}[args.action]
 
@@ -281,22 +291,17 @@ async def _list(store: Storage, args: argparse.Namespace) -> None:
 
 
 async def _revoke(store: Storage, args: argparse.Namespace) -> None:
-    record = await resolve_key(store, args.key)
-    if record.status == "revoked":
-        print(f"{record.id} ({record.prefix}, {record.name}) was already revoked")
-        return
-    await store.update_key(record.id, {"status": "revoked"})
-    print(f"{record.id} ({record.prefix}, {record.name}) revoked")
+    record, already = await revoke_key(store, args.key)
+    print(f"{record.id} ({record.prefix}, {record.name}) {'was already revoked' if already else 'revoked'}")
 
 
 async def _topup(store: Storage, args: argparse.Namespace) -> None:
-    topup_usd(args.usd)
-    record = await resolve_key(store, args.key)
-    if record.granted_usd is None:
-        raise UserError(f"{record.id} ({record.prefix}) has an unlimited balance: there is nothing to top up")
-    updated = await store.top_up(record.id, args.usd)
-    if updated is None or updated.granted_usd is None:
-        raise UserError(f"{record.id} changed while it was being topped up; run the command again")
+    try:
+        updated = await top_up(store, args.key, args.usd)
+    except KeyConflict:
+        record = await resolve_key(store, args.key)
+        raise UserError(f"{record.id} ({record.prefix}) has an unlimited balance: there is nothing to top up") from None
+    assert updated.granted_usd is not None
     remaining = updated.granted_usd - updated.spent_usd
     print(f"{updated.id} ({updated.prefix}): granted {_money(updated.granted_usd)}, "
           f"spent {_money(updated.spent_usd)}, remaining {_money(remaining)}")

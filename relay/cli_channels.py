@@ -1,36 +1,70 @@
-"""`relay channels test --config PATH [NAME]`: probe every account of the config's channels (or of one) now,
-print a table, exit 0 when every probe passed and 1 otherwise. The probes are the relay's own
-(relay.probes); the database is not opened and nothing is recorded."""
+"""`relay channels ...`: the channels group of the command line.
+
+`relay channels list` seeds the store from the config first (as the relay does at start), then lists every
+channel the store holds, config.yaml's and those added through the admin API, as the admin API shows them
+(relay/channels.py): never a key. `relay channels test [NAME]` probes every account of the config's
+channels (or of one) now with the relay's own probes (relay.probes) and prints a table; nothing is recorded.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
+
+from .channels import ChannelService, seed
 from .config import Config
 from .prober import Prober
 from .router import Router
+from .secretbox import SecretBox
+from .store_api import Storage
 from .upstream import Upstream
 
-__all__ = ["add_channels_parser", "run_channels"]
+__all__ = ["add_parser", "list_channels", "run_test"]
 
 
-def add_channels_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> Any:
-    """The `channels` command and its `test` action; returns its subparsers (for more actions)."""
-    c = sub.add_parser("channels", help="the configured upstream channels: probe their accounts")
-    cs = c.add_subparsers(dest="action", required=True, parser_class=parser_class)
-    t = cs.add_parser("test", help="probe every account now (a 1-token chat completion each); exit 1 if one fails")
+def add_parser(sub: Any) -> Any:
+    """The `channels` group with its `list` and `test` actions; returns the group's subparsers."""
+    ch = sub.add_parser("channels", help="the channels: config.yaml's and those added through the admin API")
+    actions = ch.add_subparsers(dest="action", required=True, parser_class=type(ch))
+    ls = actions.add_parser("list", help="list channels (name, type, base_url, models, accounts, source, enabled)")
+    ls.add_argument("--config", required=True, help="path to config.yaml")
+    ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    t = actions.add_parser("test", help="probe every account now (a 1-token chat completion each); exit 1 if one fails")
     t.add_argument("--config", required=True, help="path to config.yaml")
     t.add_argument("name", nargs="?", metavar="NAME", help="only this channel")
-    return cs
+    return actions
 
 
-def run_channels(cfg: Config, args: argparse.Namespace) -> int:
-    if args.action != "test":
-        raise LookupError(args.action)
+async def list_channels(
+    store: Storage, cfg: Config, box: SecretBox | None, json: bool,
+    table: Callable[[Sequence[str], Sequence[Sequence[str]]], None],
+) -> None:
+    await seed(store, cfg)
+    service = ChannelService(store, box, cfg.channels)
+    views = [service.view(r) for r in await service.list_all()]
+    if json:
+        for v in views:
+            print(orjson.dumps(v).decode())
+        return
+    rows = []
+    for v in views:
+        accounts = v["accounts"]
+        on = sum(a["enabled"] for a in accounts)
+        rows.append([
+            v["name"], v["type"], v["base_url"], ",".join(v["models"]), f"{len(accounts)} ({on} enabled)",
+            v["source"], "yes" if v["enabled"] else "no",
+        ])
+    table(["NAME", "TYPE", "BASE_URL", "MODELS", "ACCOUNTS", "SOURCE", "ENABLED"], rows)
+
+
+def run_test(cfg: Config, args: argparse.Namespace) -> int:
+    """`relay channels test`: probe every account of the config's channels (or of NAME) now, as the relay's
+    health checks do; print a table; 0 when every probe passed, 1 otherwise. The database is not opened."""
     names = [ch.name for ch in cfg.channels]
     if args.name is not None and args.name not in names:
         known = ", ".join(names) or "none"

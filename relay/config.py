@@ -15,8 +15,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .admin_schema import CHANNEL_FIELDS, CHANNEL_TYPES, FieldError  # noqa: F401 - CHANNEL_TYPES re-exported
 from .config_health import HealthConfig, parse_health
+from .config_reasoning import parse_reasoning
 from .config_yaml import ConfigError, Node, expand, read_yaml
+from .egress import mask_proxy
+from .types import ReasoningTable
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -32,13 +36,12 @@ __all__ = [
     "RetryConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StatusConfig",
     "TimeoutConfig",
     "load_config",
+    "mask_proxy",
     "parse_config",
 ]
-
-CHANNEL_TYPES = ("openai", "azure", "anthropic", "gemini")
-
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -86,6 +89,8 @@ class LedgerConfig:
     flush_interval: float = 0.5
     batch_size: int = 1000
     max_pending: int = 100_000  # past this the relay answers 503 instead of accepting unrecorded work
+    journal: bool = True  # each row also goes to a file before its answer ends (relay/journal.py)
+    journal_dir: str | None = None  # default: relay-journal/ by a SQLite file; in the working directory for PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,12 @@ class ChannelConfig:
     api_version: str | None = None
     responses: bool = True  # openai/azure: the upstream has a Responses API (false: served over chat)
     vendor: str | None = None  # who makes its models, for /v1/models' owned_by (default: from type and base_url)
-    test_model: str = ""  # the public model health probes ask for (default: its first model)
+    test_model: str | None = None  # the public model health probes ask for (default: its first model)
+    rerank_path: str | None = None  # where the upstream serves rerank: a path after base_url, or a whole URL
+    # An HTTP proxy for this channel's upstream connections (a URL, credentials and all: a secret, never
+    # shown), or "env" for HTTPS_PROXY / HTTP_PROXY / NO_PROXY. None: direct.
+    proxy: str | None = field(default=None, repr=False)
+    reasoning: ReasoningTable = field(default_factory=ReasoningTable)  # the config's `reasoning:` table
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -112,15 +122,18 @@ class ChannelConfig:
 
 @dataclass(frozen=True, slots=True)
 class PriceConfig:
-    """USD per 1M tokens (input, cached_input, output), per image, per 1M characters, per audio minute."""
+    """USD per 1M tokens (input, cached_input, cache_write, output), per image, per 1M characters, per audio
+    minute, per request (rerank models often are)."""
 
     input: float = 0.0
-    cached_input: float | None = None  # None: the input price
+    cached_input: float | None = None  # prompt tokens read from a prompt cache; None: the input price
+    cache_write: float | None = None  # prompt tokens written to a prompt cache; None: the input price
     output: float = 0.0
     image: float = 0.0  # per image when no size/quality entry matches
     images: Mapping[str, float] = field(default_factory=dict)  # "1024x1024" or "1024x1024/hd" -> USD
     characters: float = 0.0
     minute: float = 0.0
+    per_request: float = 0.0
     free: bool = False
 
 
@@ -141,6 +154,16 @@ class LimitsConfig:
     timeout: float = 0.05  # seconds a Redis call may take before it counts as failed
     prefix: str = "relay:"  # Redis key prefix: <prefix>rl: key limits, acct: account health, budget: budgets
     sync_interval: float = 0.25  # seconds between reads of the shared account health
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """The public /status page (relay/status_page.py)."""
+
+    title: str = "Service status"
+    note: str = ""  # a line under the title (e.g. where incidents are announced)
+    show_channels: bool = False  # also list channels and accounts out of rotation (names an operator may keep private)
+    bucket: int = 300  # seconds of one bar of the heartbeat and of one stored row of availability history
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +191,10 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
     log_level: str = "info"
     access_log: str = "text"  # text | json | off: one line per request (relay.access_log)
+    reasoning: ReasoningTable = field(default_factory=ReasoningTable)  # also on each channel (Target.reasoning)
     skipped_channels: tuple[str, ...] = ()  # channels left out because their keys are unset
 
 
@@ -184,6 +209,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     if cfg.database != ":memory:" and "://" not in cfg.database and not os.path.isabs(cfg.database):
         # a relative database path is relative to the config file, wherever the relay is started from
         cfg = replace(cfg, database=str((p.parent / cfg.database).resolve()))
+    jd = cfg.ledger.journal_dir
+    if jd is not None and not os.path.isabs(jd):  # relative to the config file too
+        cfg = replace(cfg, ledger=replace(cfg.ledger, journal_dir=str((p.parent / jd).resolve())))
     return cfg
 
 
@@ -192,7 +220,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     root.mapping()
     root.allow(
         "server", "admin_token", "metrics_token", "database", "channels", "client_keys", "prices", "billing", "limits",
-        "timeouts", "retry", "routing", "ledger", "log_level", "health", "access_log",
+        "timeouts", "retry", "routing", "ledger", "log_level", "health", "access_log", "status", "reasoning",
     )
     server = root.child("server")
     srv = ServerConfig(
@@ -234,8 +262,20 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         flush_interval=lg.get_float("flush_interval", LedgerConfig().flush_interval),
         batch_size=lg.get_int("batch_size", LedgerConfig().batch_size, lo=1),
         max_pending=lg.get_int("max_pending", LedgerConfig().max_pending, lo=1),
+        journal=lg.get_bool("journal", True),
+        journal_dir=lg.get_str("journal_dir", "") or None,
     )
+    st = root.child("status")
+    st.allow(*StatusConfig.__slots__)  # type: ignore[attr-defined]
+    status = StatusConfig(
+        title=st.get_str("title", StatusConfig().title) or StatusConfig().title,
+        note=st.get_str("note", ""),
+        show_channels=st.get_bool("show_channels", False),
+        bucket=st.get_int("bucket", StatusConfig().bucket, lo=1, hi=86400),
+    )
+    reasoning = parse_reasoning(root.child("reasoning"))
     channels, skipped = _channels(root.child("channels", default=[]))
+    channels = tuple(replace(c, reasoning=reasoning) for c in channels)
     keys = _client_keys(root.child("client_keys", default=[]))
     prices = _prices(root.child("prices"))
     b = root.child("billing")
@@ -290,8 +330,10 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         routing=routing,
         ledger=ledger,
         health=parse_health(root.child("health")),
+        status=status,
         log_level=log_level,
         access_log=access_log,
+        reasoning=reasoning,
         skipped_channels=skipped,
     )
 
@@ -304,7 +346,7 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         c.mapping()
         c.allow(
             "name", "type", "base_url", "keys", "models", "model_map", "weight", "priority", "rpm", "tpm",
-            "headers", "api_version", "enabled", "responses", "vendor", "test_model",
+            "headers", "api_version", "enabled", "responses", "vendor", "test_model", "rerank_path", "proxy",
         )
         name = c.get_str("name")
         if not name:
@@ -312,15 +354,10 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
         if name in names:
             raise ConfigError(f"{c.path}.name: duplicate channel name {name!r}")
         names.add(name)
-        ctype = c.get_str("type", "openai")
-        if ctype not in CHANNEL_TYPES:
-            raise ConfigError(f"{c.path}.type: must be one of {', '.join(CHANNEL_TYPES)}, not {ctype!r}")
-        base_url = c.get_str("base_url").rstrip("/")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{c.path}.base_url: must be an http:// or https:// URL")
-        models = c.get_str_list("models")
-        if not models:
-            raise ConfigError(f"{c.path}.models: at least one model is required")
+        # the admin API's rules (relay/admin_schema.py), under this channel's YAML path
+        ctype = _rule(c, "type", c.get_str("type", "openai"))
+        base_url = _rule(c, "base_url", c.get_str("base_url"))
+        models = _rule(c, "models", c.get_str_list("models"))
         keys = [k for k in c.get_str_list("keys", []) if k]
         enabled = c.get_bool("enabled", True)
         if not keys or not enabled:
@@ -338,15 +375,17 @@ def _channels(node: Node) -> tuple[tuple[ChannelConfig, ...], tuple[str, ...]]:
                 keys=tuple(keys),
                 models=tuple(models),
                 model_map=model_map,
-                weight=c.get_int("weight", 1, lo=1, hi=1000),
-                priority=c.get_int("priority", 0),
-                rpm=c.get_opt_int("rpm"),
-                tpm=c.get_opt_int("tpm"),
+                weight=_rule(c, "weight", c.get_int("weight", 1)),
+                priority=_rule(c, "priority", c.get_int("priority", 0)),
+                rpm=_rule(c, "rpm", c.get_opt_int("rpm")),
+                tpm=_rule(c, "tpm", c.get_opt_int("tpm")),
                 headers=headers,
                 api_version=c.get_str("api_version", "") or None,
                 responses=c.get_bool("responses", True),
                 vendor=c.get_str("vendor", "") or None,
-                test_model=c.get_str("test_model", "") or models[0],
+                test_model=c.get_str("test_model", "") or None,
+                rerank_path=_rerank_path(c),
+                proxy=_proxy(c),
             )
         )
     return tuple(out), tuple(skipped)
@@ -370,6 +409,25 @@ def _cidrs(node: Node, key: str) -> tuple[str, ...]:
         except ValueError:
             raise ConfigError(f"{node.path}.{key}[{i}]: not an IP address or CIDR block: {text!r}") from None
     return tuple(out)
+
+
+def _rerank_path(c: Node) -> str | None:
+    path = c.get_str("rerank_path", "")
+    if path and not path.startswith(("/", "http://", "https://")):
+        raise ConfigError(f"{c.path}.rerank_path: a path starting with / (after base_url) or an http(s):// URL")
+    return path or None
+
+
+def _proxy(c: Node) -> str | None:
+    proxy = c.get_str("proxy", "")
+    return _rule(c, "proxy", proxy) if proxy else None  # the admin API's rule and words
+
+
+def _rule(c: Node, name: str, value: Any) -> Any:
+    try:
+        return CHANNEL_FIELDS.check(name, value)
+    except FieldError as e:
+        raise ConfigError(f"{c.path}.{name}: {e.message.rstrip('.')}") from None
 
 
 def _client_keys(node: Node) -> tuple[ClientKeyConfig, ...]:
@@ -402,17 +460,23 @@ def _prices(node: Node) -> dict[str, PriceConfig]:
     out: dict[str, PriceConfig] = {}
     for model in node.keys():
         p = node.child(model)
-        p.allow("input", "cached_input", "output", "image", "images", "characters", "minute", "free")
+        p.allow(
+            "input", "cached_input", "cache_write", "output", "image", "images", "characters", "minute", "per_request",
+            "free",
+        )
         im = p.child("images")
         cached = p.mapping().get("cached_input")
+        written = p.mapping().get("cache_write")
         out[model] = PriceConfig(
             input=p.get_float("input", 0.0, lo=0),
             cached_input=None if cached is None else p.get_float("cached_input", 0.0, lo=0),
+            cache_write=None if written is None else p.get_float("cache_write", 0.0, lo=0),
             output=p.get_float("output", 0.0, lo=0),
             image=p.get_float("image", 0.0, lo=0),
             images={size: im.get_float(size, 0.0, lo=0) for size in im.keys()},
             characters=p.get_float("characters", 0.0, lo=0),
             minute=p.get_float("minute", 0.0, lo=0),
+            per_request=p.get_float("per_request", 0.0, lo=0),
             free=p.get_bool("free", False),
         )
     return out

@@ -18,7 +18,9 @@ from .types import Dialect
 
 __all__ = ["ENDPOINTS", "Endpoint", "Mode", "mode_for"]
 
-Mode = Literal["native", "chat"]
+# native: as the client sent it; chat: translated onto the channel's chat/completions; local: answered by the
+# relay itself without an upstream call (token counts for channels that have no counting endpoint).
+Mode = Literal["native", "chat", "local"]
 Pricing = Literal["tokens", "images", "speech", "upload", "none"]
 
 
@@ -28,7 +30,8 @@ class Endpoint:
     serves: Mapping[str, Mode]  # channel type -> how a channel of that type serves it
     dialect: Dialect = "openai"
     body: Literal["json", "form"] = "json"
-    output_fields: tuple[str, ...] = ()  # body fields capping output tokens, the first given wins; none: no output
+    # body fields capping output tokens, the first given wins (a dotted name is a nested field); none: no output
+    output_fields: tuple[str, ...] = ()
     pricing: Pricing = "tokens"
     images: bool = False  # each image asked for (`n`) counts against the key's ipm
     stream_usage_option: bool = False  # streams report usage only when asked through stream_options
@@ -50,6 +53,9 @@ def _table(*entries: Endpoint) -> dict[str, Endpoint]:
 
 
 _OPENAI_ONLY: Mapping[str, Mode] = {"openai": "native", "azure": "native"}
+# Gemini-native routes (/v1beta/models/{model}:method): passthrough to gemini channels, translated elsewhere.
+_GEMINI_ALL: Mapping[str, Mode] = {"gemini": "native", "openai": "chat", "azure": "chat", "anthropic": "chat"}
+_GEMINI_EMBED: Mapping[str, Mode] = {"gemini": "native", "openai": "chat", "azure": "chat"}
 
 ENDPOINTS: Mapping[str, Endpoint] = _table(
     Endpoint(
@@ -61,17 +67,37 @@ ENDPOINTS: Mapping[str, Endpoint] = _table(
     Endpoint("embeddings", {**_OPENAI_ONLY, "gemini": "native"}, label="embeddings"),
     Endpoint("moderations", _OPENAI_ONLY, label="moderations"),
     Endpoint("images/generations", _OPENAI_ONLY, pricing="images", images=True, label="image-generation"),
+    Endpoint("images/edits", _OPENAI_ONLY, body="form", pricing="images", images=True, label="image-generation"),
+    Endpoint("images/variations", {"openai": "native"}, body="form", pricing="images", images=True,
+             label="image-generation"),
     Endpoint("audio/speech", _OPENAI_ONLY, pricing="speech", label="audio-speech"),
     Endpoint("audio/transcriptions", _OPENAI_ONLY, body="form", pricing="upload", label="audio-transcription"),
     Endpoint("audio/translations", _OPENAI_ONLY, body="form", pricing="upload", label="audio-translation"),
+    Endpoint("rerank", {"openai": "native"}, label="jina-rerank"),  # new-api's and Cherry Studio's name
     Endpoint(
         "messages", {"anthropic": "native", "openai": "chat", "azure": "chat"}, dialect="anthropic",
         output_fields=("max_tokens",), label="anthropic",
+    ),
+    # Anthropic's token count: the upstream's own where it has one, else counted here. Never billed, and
+    # counted against a key's request limits only (pricing "none": no tokens against tpm).
+    Endpoint(
+        "messages/count_tokens", {"anthropic": "native", "openai": "local", "azure": "local", "gemini": "local"},
+        dialect="anthropic", pricing="none", label="anthropic",
     ),
     Endpoint(
         "responses", {"openai": "native", "azure": "native", "anthropic": "chat", "gemini": "chat"},
         output_fields=("max_output_tokens",), label="openai-response", native_flag="responses", over_chat=True,
     ),
+    Endpoint(
+        "gemini/generateContent", _GEMINI_ALL, dialect="gemini", output_fields=("generationConfig.maxOutputTokens",),
+        label="gemini", over_chat=True, family="gemini",
+    ),
+    # Counted by a gemini channel where one serves the model, else by the relay itself (relay.web_gemini).
+    Endpoint("gemini/countTokens", {"gemini": "native"}, dialect="gemini", pricing="none", label="gemini",
+             family="gemini"),
+    Endpoint("gemini/embedContent", _GEMINI_EMBED, dialect="gemini", label="gemini", over_chat=True, family="gemini"),
+    Endpoint("gemini/batchEmbedContents", _GEMINI_EMBED, dialect="gemini", label="gemini", over_chat=True,
+             family="gemini"),
     # Calls on a stored response: only where it was made (the upstream keeps it), never billed.
     *(
         Endpoint(f"responses/{op}", _OPENAI_ONLY, pricing="none", label="openai-response",

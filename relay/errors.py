@@ -12,7 +12,8 @@
 
 Clients of the Anthropic-native endpoint (/v1/messages) get the same errors in Anthropic's shape
 (`{"type": "error", "error": {"type", "message"}}`, its error types by status): `render_error(err, dialect)`
-and `stream_error_event(..., dialect=...)` pick the shape.
+and `stream_error_event(..., dialect=...)` pick the shape. Clients of the Gemini-native routes (/v1beta/*) get
+Google's shape (`{"error": {"code", "message", "status"}}`, its status names by HTTP status).
 
 `UpstreamFailure` never reaches a client as such: the proxy turns the last one into an `UpstreamUnavailable`
 or, for a non-retryable upstream answer, forwards the upstream's own status and body.
@@ -39,6 +40,8 @@ __all__ = [
     "anthropic_error_type",
     "error_body",
     "error_response",
+    "google_error_body",
+    "google_status",
     "render_error",
     "stream_error_event",
 ]
@@ -126,6 +129,9 @@ class UpstreamFailure(Exception):
     """
 
     RETRYABLE = frozenset({"connect", "timeout", "server", "rate_limited", "auth", "quota"})
+    # True when the failure is the channel's, not the account's (its egress proxy failed): the channel's
+    # other accounts would fail the same way, so failover moves to another channel.
+    channel_wide = False
 
     def __init__(
         self,
@@ -171,6 +177,8 @@ def stream_error_event(
     """An SSE error event in the client's dialect: its SDK raises on it instead of keeping a cut answer."""
     if dialect == "anthropic":
         return b"event: error\ndata: " + anthropic_error_body(500, message) + b"\n\n"
+    if dialect == "gemini":
+        return b"data: " + google_error_body(500, message) + b"\r\n\r\n"
     payload = orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
     return b"data: " + payload + b"\n\n"
 
@@ -195,14 +203,39 @@ def anthropic_error_body(status: int, message: str) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
 
 
+# Google's canonical status name for each HTTP status (google.rpc.Code as its REST APIs map it).
+_GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def google_status(status: int) -> str:
+    return _GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+
+
+def google_error_body(status: int, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": status, "message": message, "status": google_status(status)}})
+
+
 def render_error(err: RelayError, dialect: str = "openai") -> web.Response:
-    """The error response in the client's dialect: OpenAI's shape, or Anthropic's for /v1/messages."""
-    if dialect != "anthropic":
+    """The error response in the client's dialect: OpenAI's shape, Anthropic's for /v1/messages, Google's
+    for /v1beta."""
+    if dialect not in ("anthropic", "gemini"):
         return error_response(err)
     headers = dict(err.headers)
     if err.should_retry is False:
         headers["x-should-retry"] = "false"
-    return web.Response(
-        status=err.status, body=anthropic_error_body(err.status, err.message), content_type="application/json",
-        headers=headers,
-    )
+    body = anthropic_error_body(err.status, err.message) if dialect == "anthropic" else google_error_body(
+        err.status, err.message)
+    return web.Response(status=err.status, body=body, content_type="application/json", headers=headers)

@@ -95,9 +95,9 @@ class RedisState:
         self._retry = retry
         self._prefix = prefix
         self._accounts: dict[str, list[Account]] = {}  # one key in two channels is one account
-        for acc in router.accounts:
-            self._accounts.setdefault(acc.uid, []).append(acc)
-        self._keys = [f"{prefix}{uid}:{part}" for uid in self._accounts for part in ("off", "rest", "fails")]
+        self._keys: list[str] = []
+        self._generation = -1
+        self._index()
         self._outbox = Outbox()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -168,10 +168,20 @@ class RedisState:
             except Exception:  # noqa: BLE001 - the loop must outlive a bad value in Redis
                 log.exception("shared account state: sync failed")
 
+    def _index(self) -> None:
+        """The accounts to read, again after each router reload (channels changed at run time)."""
+        self._accounts = {}
+        for acc in self._router.accounts:
+            self._accounts.setdefault(acc.uid, []).append(acc)
+        self._keys = [f"{self._prefix}{uid}:{part}" for uid in self._accounts for part in ("off", "rest", "fails")]
+        self._generation = self._router.generation
+
     # -- one round trip ------------------------------------------------------------------------------------
 
     async def sync(self, read: bool) -> bool:
         """Write the pending changes and (when `read`) read every account, in one pipelined round trip."""
+        if self._generation != self._router.generation:
+            self._index()
         changes = self._outbox.take()
         if not changes and not read:
             return True
@@ -188,7 +198,7 @@ class RedisState:
             self.outage.failed(_error(e))
             return False
         self.outage.ok()
-        if read and self._keys:
+        if read and self._keys and self._generation == self._router.generation:  # else: read again next time
             self._apply(res[-1], time.time())
         return True
 

@@ -30,7 +30,7 @@ _CORS_EXPOSE = (
     "x-request-id, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
     "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, retry-after"
 )
-OPS_PATHS = ("/metrics", "/healthz", "/status")
+OPS_PATHS = ("/metrics", "/healthz", "/status", "/status.json")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -19,7 +19,7 @@ from .adapters import adapter_for
 from .config import ChannelConfig
 from .errors import UpstreamFailure
 from .health import ProbeResult, quota_failure
-from .types import KeyRecord, RelayRequest, Target, UpstreamRequest
+from .types import KeyRecord, RelayRequest, Target, UpstreamRequest, with_egress
 
 __all__ = ["PROBE_KEY", "probe_failure", "probe_request", "probe_result"]
 
@@ -35,7 +35,7 @@ def probe_request(channel: ChannelConfig, target: Target) -> UpstreamRequest:
         id="probe", endpoint="chat/completions", model=model, body=orjson.dumps(body), json=body, stream=False,
         wants_usage=False, key=PROBE_KEY, started=time.monotonic(),
     )
-    return adapter_for(channel.type, "chat/completions").build_request(req, target)
+    return with_egress(adapter_for(channel.type, "chat/completions").build_request(req, target), target)
 
 
 def probe_failure(

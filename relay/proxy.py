@@ -20,6 +20,7 @@ from aiohttp import web
 from .access_log import ACCESS, AccessNote
 from .adapters import adapter_for
 from .adapters.base import Adapter, StreamHandler
+from .availability import AvailabilityRecorder
 from .balances import Balances, Reservation
 from .billing import Pricing, output_limit
 from .bindings import ResponseBindings
@@ -32,7 +33,7 @@ from .metrics import Metrics
 from .redact import redact
 from .router import Account, Router
 from .sse import EventTooLarge
-from .types import KeyRecord, RelayRequest, Usage, UsageRecord
+from .types import KeyRecord, RelayRequest, Usage, UsageRecord, with_egress
 from .upstream import READ_ERRORS, Upstream, UpstreamResponse
 from .usage import estimate_prompt_tokens, usage_when_missing
 
@@ -56,7 +57,7 @@ class _Trace:
 
     __slots__ = (
         "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
-        "limits", "limit_tokens", "acc",
+        "limits", "limit_tokens", "acc", "exhausted",
     )
 
     def __init__(self) -> None:
@@ -72,13 +73,16 @@ class _Trace:
         self.limits: Limits | None = None  # the key's limits, when it has any (settled at the end)
         self.limit_tokens = 0  # the token estimate the limits (and the account's budget) admitted
         self.acc: Account | None = None  # the account of the last attempt
+        self.exhausted = False  # no account could serve (every one failed, rested or was rate limited)
 
 
 class Proxy:
     def __init__(
         self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics,
         pricing: Pricing, balances: Balances, limiter: Limiter, bindings: ResponseBindings,
+        availability: AvailabilityRecorder | None = None,
     ) -> None:
+        self._availability = availability
         self._bindings = bindings
         self._retry = cfg.retry
         # Retry-After when no failed account is back on its own: the next probe may bring one back
@@ -127,7 +131,9 @@ class Proxy:
             if reservation is None:  # this process's slice of the balance must grow first
                 reservation = await self._balances.reserve(req.key, worst, price, multiplier)
             trace.reservation = reservation
-            trace.limit_tokens = prompt + self._output_estimate(req)
+            # requests that are not billed (token counts, calls on a stored response) count as requests only
+            unbilled = ENDPOINTS[req.endpoint].pricing == "none"
+            trace.limit_tokens = 0 if unbilled else prompt + self._output_estimate(req)
             limits = Limits.of(req.key)
             if limits.any:
                 images = _images(req)
@@ -152,6 +158,30 @@ class Proxy:
             self._inflight.discard(task)
             self._record(req, trace)
             request[ACCESS] = AccessNote(req.key.prefix, req.model, trace.end_reason, trace.ttft)
+
+    async def answer_locally(self, request: web.Request, req: RelayRequest, body: bytes) -> web.Response:
+        """A request the relay answers itself (a token count on a channel that has none): the key's request
+        limits apply; nothing is relayed or billed, and its ledger row counts no tokens."""
+        trace = _Trace()
+        trace.usage = Usage(0, 0, "estimate")
+        try:
+            limits = Limits.of(req.key)
+            if limits.any:
+                decision = self._limiter.try_acquire(req.key.id, limits, 0, 0)
+                if decision is None:
+                    decision = await self._limiter.acquire(req.key.id, limits, 0, 0)
+                if decision.headers:
+                    request[RATE_LIMIT_HEADERS] = decision.headers
+                if not decision.allowed:
+                    raise decision.error()
+                trace.limits = limits
+            trace.status = 200
+            return web.Response(body=body, content_type="application/json")
+        except RelayError as e:
+            trace.status, trace.end_reason = e.status, "rejected"
+            raise
+        finally:
+            self._record(req, trace)
 
     def _pick(self, req: RelayRequest, tried: set[Account], ep: Endpoint) -> Account | None:
         if req.pin is None:
@@ -216,7 +246,10 @@ class Proxy:
                     body = redact(f.body, self._router.keys(), account.key)  # it may quote a key
                     return web.Response(status=f.status, body=body, headers={"Content-Type": f.content_type})
                 log.info("attempt %d on %s failed: %s", attempt + 1, account.label, f.reason)
+                if f.channel_wide:  # its egress proxy failed: the channel's other accounts go through it too
+                    tried.update(a for a in self._router.accounts if a.channel is account.channel)
                 last = f
+        trace.exhausted = True
         raise self._exhausted(req, last)
 
     def _exhausted(self, req: RelayRequest, last: UpstreamFailure | None) -> RelayError:
@@ -242,7 +275,12 @@ class Proxy:
         self, request: web.Request, req: RelayRequest, trace: _Trace, adapter: Adapter, account: Account
     ) -> web.StreamResponse:
         target = self._router.target(account, req.model)
-        ureq = adapter.build_request(req, target)
+        answer = getattr(adapter, "answer", None)  # answered by the relay itself (a local token count)
+        if answer is not None:
+            out, trace.usage = answer(req, target)
+            trace.status = 200
+            return web.Response(body=out, content_type="application/json")
+        ureq = with_egress(adapter.build_request(req, target), target)
         resp = await self._upstream.open(ureq, stream=req.stream)
         if resp.status >= 400:
             body = await self._upstream.read_error(resp)
@@ -282,7 +320,8 @@ class Proxy:
             except (*READ_ERRORS, EventTooLarge):
                 raise UpstreamFailure("stream failed before its first event", kind="server") from None
             self._router.succeeded(account)
-            out = web.StreamResponse(status=resp.status, headers=SSE_HEADERS)
+            # a handler whose client format is not SSE names its own headers (Gemini's JSON-array stream)
+            out = web.StreamResponse(status=resp.status, headers=getattr(handler, "headers", None) or SSE_HEADERS)
             await out.prepare(request)
             trace.status = resp.status
             trace.ttft = time.monotonic() - req.started
@@ -421,12 +460,19 @@ class Proxy:
                 stream=req.stream,
                 attempts=trace.attempts,
                 cost_usd=cost,
+                cache_read_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
             )
         )
         self._metrics.observe_request(
             req.model, trace.channel, trace.status or 500, latency, trace.ttft,
             usage.prompt_tokens, usage.completion_tokens,
         )
+        if self._availability is not None:  # a dict update: the history is written in the background
+            first_byte = latency if trace.ttft is None else trace.ttft
+            self._availability.observe_request(
+                req.model, trace.channel, trace.status or 500, trace.end_reason, first_byte * 1000, trace.exhausted,
+            )
 
 
 def _error_event(handler: StreamHandler, message: str, code: str = "upstream_error", dialect: str = "openai") -> bytes:

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 from .config import ChannelConfig, RetryConfig
@@ -56,6 +56,7 @@ class Account:
     serves: frozenset[str] = frozenset()  # the endpoints its channel serves (relay.endpoints)
     out_reason: str = ""  # why it is out of rotation (while `disabled`)
     rest_reason: str = ""  # why it rests: "rate_limited" (an upstream 429) or "failed" (a failure streak)
+    manual_off: bool = False  # the operator turned it off (POST /admin/channels/{name}/accounts/{i}/disable)
 
     @property
     def label(self) -> str:
@@ -84,7 +85,7 @@ _STICKY_MAX = 100_000
 
 def _ready(acc: Account, now: float, exclude: set[Account] | frozenset[Account], endpoint: str | None) -> bool:
     return not (
-        acc.disabled or acc.cooldown_until > now or acc.budget_until > now or acc in exclude
+        acc.disabled or acc.manual_off or acc.cooldown_until > now or acc.budget_until > now or acc in exclude
         or (endpoint is not None and endpoint not in acc.serves)
     )
 
@@ -121,22 +122,49 @@ class Router:
         self.sticky_ttl = sticky_ttl
         self._sticky: OrderedDict[str, tuple[Account, float]] = OrderedDict()
         self.sticky_hits = self.sticky_misses = 0
+        self._tiers: dict[str, list[_Tier]] = {}
+        self._by_uid: dict[str, Account] = {}
+        self.generation = 0  # bumped by each reload: what derives from the channels (model lists) is rebuilt
+        self.reload(channels)
+
+    def reload(self, channels: Iterable[ChannelConfig], off: Container[tuple[str, str]] = frozenset()) -> None:
+        """Serve these channels from now on; `off` holds (channel name, account uid) the operator turned off.
+
+        The new tiers are built aside and swapped in at once (nothing awaits in between). An account that
+        stays (same channel name, same key) keeps its Account object, so its health (cooldown, failure
+        streak, refusal) carries over and requests in flight on it report to the object the router uses.
+        """
+        old = {(a.channel.name, a.uid): a for a in self.accounts}
+        accounts: list[Account] = []
         by_model: dict[str, dict[int, list[tuple[Account, int]]]] = {}
         for ch in channels:
             budget = Limits(rpm=ch.rpm, tpm=ch.tpm)
             serves = frozenset(e.name for e in ENDPOINTS.values() if mode_for(e, ch) is not None)
-            accs = [
-                Account(ch, i, k, budget=budget, uid=account_id(k), serves=serves) for i, k in enumerate(ch.keys)
-            ]
-            self.accounts.extend(accs)
+            accs = []
+            for i, k in enumerate(ch.keys):
+                uid = account_id(k)
+                acc = old.pop((ch.name, uid), None)
+                if acc is None:
+                    acc = Account(ch, i, k, budget=budget, uid=uid, serves=serves)
+                else:
+                    acc.channel, acc.index, acc.key, acc.budget, acc.serves = ch, i, k, budget, serves
+                acc.manual_off = (ch.name, uid) in off
+                accs.append(acc)
+            accounts.extend(accs)
             for model in ch.models:
                 tiers = by_model.setdefault(model, {})
                 tiers.setdefault(ch.priority, []).extend((a, ch.weight) for a in accs)
-        self._tiers: dict[str, list[_Tier]] = {
+        tiers_by_model = {
             model: [_Tier(p, _smooth_wrr(tiers[p])) for p in sorted(tiers, reverse=True)]
             for model, tiers in by_model.items()
         }
-        self._by_uid = {a.uid: a for a in self.accounts}
+        by_uid = {a.uid: a for a in accounts}
+        kept = set(by_uid.values())
+        self._tiers, self.accounts, self._by_uid = tiers_by_model, accounts, by_uid
+        for value, (acc, _) in list(self._sticky.items()):
+            if acc not in kept:
+                del self._sticky[value]
+        self.generation += 1
 
     def models(self) -> list[str]:
         return sorted(self._tiers)
@@ -210,7 +238,7 @@ class Router:
         acc = self._by_uid.get(uid)
         if acc is None:
             return None, "gone"
-        if acc.disabled:
+        if acc.disabled or acc.manual_off:
             return None, "disabled"
         now = self._clock()
         if acc.cooldown_until > now or acc.budget_until > now:
@@ -241,7 +269,7 @@ class Router:
             max(a.cooldown_until, a.budget_back)
             for tier in self._tiers.get(model, ())
             for a in tier.seq
-            if not a.disabled and (a.cooldown_until > now or a.budget_back > now)
+            if not (a.disabled or a.manual_off) and (a.cooldown_until > now or a.budget_back > now)
         ]
         return min(back) - now if back else None
 
@@ -308,7 +336,7 @@ class Router:
         return Target(
             channel=ch.name, channel_type=ch.type, base_url=ch.base_url, account=acc.index,
             api_key=acc.key, upstream_model=ch.upstream_model(model), extra_headers=ch.headers,
-            api_version=ch.api_version,
+            api_version=ch.api_version, rerank_path=ch.rerank_path, proxy=ch.proxy, reasoning=ch.reasoning,
         )
 
     def succeeded(self, acc: Account) -> None:
@@ -373,6 +401,8 @@ class Router:
         for a in self.accounts:
             if a.disabled:
                 out.append((a, "disabled"))
+            elif a.manual_off:
+                out.append((a, "off"))
             elif a.cooldown_until > now:
                 out.append((a, "cooldown"))
         return out

@@ -22,7 +22,10 @@ import aiosqlite
 from .store_api import (
     ADMIN_KEY_FIELDS, KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, column_value, key_from_row, usage_row,
 )
-from .store_schema import COST_COLUMN, MIGRATIONS
+from .store_buckets import BucketsSql
+from .store_channels import SqliteChannels
+from .store_schema import MIGRATIONS
+from .store_spend import SqliteSpend
 from .types import KeyRecord, UsageRecord
 
 __all__ = ["ADMIN_KEY_FIELDS", "MIGRATIONS", "Availability", "Store"]
@@ -39,19 +42,20 @@ _INSERT = (
 
 async def _apply(db: aiosqlite.Connection, version: int) -> None:
     for statement in MIGRATIONS[version - 1]:
-        if statement == COST_COLUMN:
+        if statement.startswith(_ADD_USAGE_COLUMN):
             async with db.execute("PRAGMA table_info(usage)") as cur:
-                if "cost_usd" in {row[1] async for row in cur}:
-                    continue  # a ledger from after billing already has it
+                if statement.split()[5] in {row[1] async for row in cur}:
+                    continue  # a file that already has it (cost_usd: a ledger from after billing)
         await db.execute(statement)
 
 
+_ADD_USAGE_COLUMN = "ALTER TABLE usage ADD COLUMN "
 _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 # A lease is granted when the free balance covers what is needed within this much (float sums of prices).
 _LEASE_EPSILON = 1e-9
 
 
-class Store:
+class Store(SqliteSpend, BucketsSql, SqliteChannels):
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None

@@ -17,8 +17,9 @@ import orjson
 from .types import KeyRecord, UsageRecord
 
 __all__ = [
-    "ADMIN_KEY_FIELDS", "KEY_COLUMNS", "USAGE_COLUMNS", "Availability", "SchemaError", "Storage", "StoreError",
-    "column_value", "is_postgres", "key_from_row", "mask_url", "usage_row",
+    "ADMIN_KEY_FIELDS", "CHANNEL_COLUMNS", "KEY_COLUMNS", "USAGE_COLUMNS", "Availability", "BucketCount",
+    "ChannelRow", "SchemaError", "Storage", "StoreError", "channel_from_row", "channel_values", "column_value",
+    "is_postgres", "key_from_row", "mask_url", "usage_row",
 ]
 
 USAGE_COLUMNS = [f.name for f in fields(UsageRecord)]
@@ -32,6 +33,51 @@ KEY_COLUMNS = (
     "id, name, key_hash, prefix, models, status, expires_at, granted_usd, spent_usd, rpm, rpd, tpm, tpd, ipm, "
     "ip_allow, grp, created_at, rev"
 )
+
+
+CHANNEL_COLUMNS = "name, source, settings, sealed, accounts, accounts_off, enabled, deleted, created_at, updated_at, rev"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRow:
+    """A channel as the store keeps it (relay/channels.py turns it into a ChannelConfig).
+
+    `settings` holds what may be shown (type, base_url, models, model_map, weight, priority, rpm, tpm,
+    api_version, responses, vendor, test_model); `sealed` the secrets of a channel added through the API
+    (keys, headers, proxy), each sealed with RELAY_SECRET (relay/secretbox.py); a channel from config.yaml
+    has none: its secrets stay in each process's config. `accounts` names its keys by account_id (a
+    hash that reveals nothing), `accounts_off` those the operator turned off. A deleted channel stays as a
+    tombstone (deleted, secrets gone) with a rev, so pollers see it go.
+    """
+
+    name: str
+    source: str  # "config" (seeded from config.yaml) or "api"
+    settings: dict[str, Any]
+    sealed: dict[str, str]
+    accounts: tuple[str, ...]
+    accounts_off: tuple[str, ...] = ()
+    enabled: bool = True
+    deleted: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    rev: int = 0
+
+
+def channel_from_row(row: Sequence[Any]) -> ChannelRow:
+    name, source, settings, sealed, accounts, off, enabled, deleted, created_at, updated_at, rev = row
+    return ChannelRow(
+        name=name, source=source, settings=orjson.loads(settings), sealed=orjson.loads(sealed),
+        accounts=tuple(orjson.loads(accounts)), accounts_off=tuple(orjson.loads(off)), enabled=bool(enabled),
+        deleted=bool(deleted), created_at=created_at, updated_at=updated_at, rev=rev,
+    )
+
+
+def channel_values(c: ChannelRow) -> tuple[str, str, str, str, str]:
+    """settings, sealed, accounts, accounts_off as stored (JSON text), and the source."""
+    return (
+        orjson.dumps(c.settings, option=orjson.OPT_SORT_KEYS).decode(), orjson.dumps(c.sealed, option=orjson.OPT_SORT_KEYS).decode(),
+        orjson.dumps(list(c.accounts)).decode(), orjson.dumps(list(c.accounts_off)).decode(), c.source,
+    )
 
 
 class StoreError(Exception):
@@ -93,6 +139,22 @@ class Availability:
         return self.ok / total if total else None
 
 
+@dataclass(frozen=True, slots=True)
+class BucketCount:
+    """Outcomes of one model or channel in one time bucket (start: unix seconds); counts only, no content.
+
+    Latency is summed over the ok outcomes that carried one (`latency_n` of them).
+    """
+
+    scope: str  # "model" or "channel"
+    name: str
+    start: int
+    ok: int = 0
+    failed: int = 0
+    latency_ms_sum: float = 0.0
+    latency_n: int = 0
+
+
 class Storage(Protocol):
     """Keys, balances and the usage ledger. Both stores keep the same semantics for every method.
 
@@ -148,4 +210,33 @@ class Storage(Protocol):
 
     async def availability(self, since: float) -> list[Availability]: ...
 
+    async def spent_between(self, key_id: str, since: float, until: float) -> float: ...
+    # channels (relay/store_channels.py, relay/store_pg_channels.py)
+
+    async def channels_changed_since(self, rev: int) -> list[ChannelRow]: ...
+
+    async def list_channels(self) -> list[ChannelRow]: ...
+
+    async def get_channel(self, name: str) -> ChannelRow | None: ...
+
+    async def create_channel(self, row: ChannelRow) -> ChannelRow | None: ...
+
+    async def update_channel(self, row: ChannelRow) -> ChannelRow | None: ...
+
+    async def delete_channel(self, name: str) -> bool: ...
+
+    async def sync_config_channel(self, row: ChannelRow) -> None: ...
+
+    async def retire_config_channels(self, keep: Iterable[str]) -> list[str]: ...
+
     async def count_usage(self) -> int: ...
+
+    # availability history (relay/store_buckets.py, relay/store_pg_buckets.py)
+
+    async def add_buckets(self, rows: Sequence[BucketCount]) -> None: ...
+
+    async def buckets_since(self, since: int, width: int) -> list[BucketCount]: ...
+
+    async def bucket_totals(self, since: Sequence[int]) -> dict[tuple[str, str], list[tuple[int, int]]]: ...
+
+    async def prune_buckets(self, before: int) -> int: ...

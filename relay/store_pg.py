@@ -23,7 +23,10 @@ from .store_api import (
     ADMIN_KEY_FIELDS, KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, StoreError, column_value, key_from_row,
     usage_row,
 )
+from .store_pg_buckets import PgBucketsSql
+from .store_pg_channels import PgChannels
 from .store_pg_schema import MIGRATIONS, REV_LOCK, SCHEMA_LOCK
+from .store_spend import PgSpend
 from .types import KeyRecord, UsageRecord
 
 __all__ = ["DATABASE_ERRORS", "PgStore"]
@@ -39,6 +42,7 @@ _COLS = ", ".join(USAGE_COLUMNS)
 _TYPES = {
     "ts": "float8", "account": "int4", "status": "int4", "prompt_tokens": "int8", "completion_tokens": "int8",
     "latency_ms": "float8", "ttft_ms": "float8", "stream": "bool", "attempts": "int4", "cost_usd": "float8",
+    "cache_read_tokens": "int8", "cache_write_tokens": "int8",
 }
 # A whole batch as one statement (one array per column); RETURNING tells which rows were new, so a request
 # id already written (a retried batch) is skipped and its cost is not counted again.
@@ -70,7 +74,7 @@ _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM keys)"
 _KEY_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 18))
 
 
-class PgStore:
+class PgStore(PgSpend, PgBucketsSql, PgChannels):
     def __init__(self, url: str, max_connections: int = 4) -> None:
         self.url = url
         self._max = max_connections

@@ -7,11 +7,12 @@ dollars are exact); times are unix seconds, as in SQLite. Applied by PgStore.ope
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_LOCK", "REV_LOCK"]
+__all__ = ["CHANNEL_REV_LOCK", "MIGRATIONS", "SCHEMA_LOCK", "REV_LOCK"]
 
 # pg_advisory_xact_lock keys (per database): one for migrations, one serializing key-table rev bumps.
 SCHEMA_LOCK = 0x72656C6179_0001  # "relay" 1
 REV_LOCK = 0x72656C6179_0002
+CHANNEL_REV_LOCK = 0x72656C6179_0011  # the channels table's rev bumps (relay/store_pg_channels.py)
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -82,4 +83,44 @@ CREATE TABLE IF NOT EXISTS response_bindings (
 CREATE INDEX IF NOT EXISTS response_bindings_expiry ON response_bindings (expires_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# Availability history: counts of outcomes per model and per channel in time buckets (the /status page);
+# no content. Several processes add to the same row (relay/store_pg_buckets.py).
+_V5 = """
+CREATE TABLE IF NOT EXISTS availability_buckets (
+    scope          text             NOT NULL,
+    name           text             NOT NULL,
+    start          bigint           NOT NULL,
+    ok             bigint           NOT NULL DEFAULT 0,
+    failed         bigint           NOT NULL DEFAULT 0,
+    latency_ms_sum double precision NOT NULL DEFAULT 0,
+    latency_n      bigint           NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, name, start)
+);
+CREATE INDEX IF NOT EXISTS availability_buckets_start ON availability_buckets (start);
+"""
+
+# Channels managed at run time (relay/store_pg_channels.py); a deleted one stays as a tombstone with a rev.
+_V6 = """
+CREATE TABLE IF NOT EXISTS channels (
+    name         text             PRIMARY KEY,
+    source       text             NOT NULL,
+    settings     text             NOT NULL,
+    sealed       text             NOT NULL DEFAULT '{}',
+    accounts     text             NOT NULL DEFAULT '[]',
+    accounts_off text             NOT NULL DEFAULT '[]',
+    enabled      boolean          NOT NULL DEFAULT true,
+    deleted      boolean          NOT NULL DEFAULT false,
+    created_at   double precision NOT NULL,
+    updated_at   double precision NOT NULL,
+    rev          bigint           NOT NULL
+);
+CREATE INDEX IF NOT EXISTS channels_rev ON channels (rev);
+"""
+
+# Prompt tokens read from and written to the provider's prompt cache (each priced apart).
+_V7 = """
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS cache_read_tokens bigint NOT NULL DEFAULT 0 CHECK (cache_read_tokens >= 0);
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS cache_write_tokens bigint NOT NULL DEFAULT 0 CHECK (cache_write_tokens >= 0);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)

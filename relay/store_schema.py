@@ -76,4 +76,45 @@ _V4 = (
     "CREATE INDEX IF NOT EXISTS response_bindings_expiry ON response_bindings (expires_at)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4)
+# Version 5: availability history, counts of outcomes per model and per channel in time buckets (the
+# /status page); no content. Several processes add to the same row (relay/store_buckets.py).
+_V5 = (
+    """CREATE TABLE IF NOT EXISTS availability_buckets (
+    scope          TEXT    NOT NULL,
+    name           TEXT    NOT NULL,
+    start          INTEGER NOT NULL,
+    ok             INTEGER NOT NULL DEFAULT 0,
+    failed         INTEGER NOT NULL DEFAULT 0,
+    latency_ms_sum REAL    NOT NULL DEFAULT 0,
+    latency_n      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, name, start)
+)""",
+    "CREATE INDEX IF NOT EXISTS availability_buckets_start ON availability_buckets (start)",
+)
+
+# Version 6: channels managed at run time (relay/store_channels.py); settings and secrets as JSON text,
+# the secrets sealed with RELAY_SECRET. A deleted channel stays as a tombstone with a rev for the pollers.
+_V6 = (
+    """CREATE TABLE IF NOT EXISTS channels (
+    name         TEXT    PRIMARY KEY,
+    source       TEXT    NOT NULL,
+    settings     TEXT    NOT NULL,
+    sealed       TEXT    NOT NULL DEFAULT '{}',
+    accounts     TEXT    NOT NULL DEFAULT '[]',
+    accounts_off TEXT    NOT NULL DEFAULT '[]',
+    enabled      INTEGER NOT NULL DEFAULT 1,
+    deleted      INTEGER NOT NULL DEFAULT 0,
+    created_at   REAL    NOT NULL,
+    updated_at   REAL    NOT NULL,
+    rev          INTEGER NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS channels_rev ON channels (rev)",
+)
+
+# Version 7: prompt tokens read from and written to the provider's prompt cache (each priced apart).
+_V7 = (
+    "ALTER TABLE usage ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0 CHECK (cache_read_tokens >= 0)",
+    "ALTER TABLE usage ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0 CHECK (cache_write_tokens >= 0)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5, _V6, _V7)

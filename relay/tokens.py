@@ -130,12 +130,19 @@ def _prompt(endpoint: str, body: Mapping[str, Any], model: str) -> int:
         return _inputs(body.get("input"), model)
     if endpoint == "moderations":
         return _moderation(body.get("input"), model)
+    if endpoint == "rerank":
+        docs = body.get("documents") or ()
+        return _text(body.get("query"), model) + sum(
+            _text(d.get("text") if isinstance(d, Mapping) else d, model) for d in docs
+        )
     if endpoint.startswith("images/"):
         return _text(body.get("prompt"), model)
     if endpoint == "audio/speech":
         return _text(body.get("input"), model)  # priced per character elsewhere; this is the token view
     if endpoint in ("audio/transcriptions", "audio/translations"):
         return _text(body.get("prompt"), model)  # the audio is priced per minute
+    if endpoint.startswith("gemini/"):
+        return _gemini(body, model)
     return _approx(body)
 
 
@@ -223,6 +230,41 @@ def _chat(body: Mapping[str, Any], model: str) -> int:
     fmt = body.get("response_format")
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
         n += _json(fmt.get("json_schema"), model)
+    return n
+
+
+def _gemini_content(content: object, model: str) -> int:
+    """One Gemini Content: text parts counted, media parts as an image, calls and results as their JSON."""
+    if not isinstance(content, Mapping):
+        raise _Malformed
+    n = _PER_MESSAGE
+    for part in content.get("parts") or ():
+        if not isinstance(part, Mapping):
+            raise _Malformed
+        if isinstance(part.get("text"), str):
+            n += count_text(part["text"], model)
+        elif "inlineData" in part or "fileData" in part:
+            n += IMAGE_TOKENS
+        else:
+            n += _json(part, model)  # functionCall, functionResponse, executableCode ...
+    return n
+
+
+def _gemini(body: Mapping[str, Any], model: str) -> int:
+    """A Gemini request (generateContent, countTokens, embedContent, batchEmbedContents)."""
+    inner = body.get("generateContentRequest")
+    if isinstance(inner, Mapping):
+        body = inner
+    contents = list(body.get("contents") or ())
+    contents += [r.get("content") for r in body.get("requests") or () if isinstance(r, Mapping)]
+    if body.get("content") is not None:
+        contents.append(body["content"])
+    system = body.get("systemInstruction")
+    if system is not None:
+        contents.append({"parts": [{"text": system}]} if isinstance(system, str) else system)
+    n = _REPLY_PRIMER + sum(_gemini_content(c, model) for c in contents)
+    if body.get("tools"):
+        n += _json(body["tools"], model)
     return n
 
 

@@ -6,6 +6,7 @@ module may hold them without copying.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,17 +15,20 @@ __all__ = [
     "BodyFactory",
     "FormField",
     "KeyRecord",
+    "ModelReasoning",
+    "ReasoningTable",
     "RelayRequest",
     "Target",
     "UpstreamRequest",
     "Usage",
     "UsageRecord",
+    "with_egress",
 ]
 
 # A body that streams (multipart uploads): called once per attempt, so failover can replay it.
 BodyFactory = Callable[[], AsyncIterator[bytes]]
 
-Dialect = Literal["openai", "anthropic"]
+Dialect = Literal["openai", "anthropic", "gemini"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,54 @@ class RelayRequest:
     sticky: str | None = None  # requests with the same value keep to one account (prompt caches)
 
 
+# How a model takes a reasoning effort: `budget` a token budget (Claude's thinking.budget_tokens, Gemini's
+# thinkingBudget), `adaptive` Claude's thinking {"type": "adaptive"} with output_config.effort, `level`
+# Gemini's thinkingLevel, `effort` OpenAI's reasoning_effort (the /v1/messages `thinking` param goes over).
+ReasoningStyle = Literal["budget", "adaptive", "level", "effort"]
+REASONING_STYLES = ("budget", "adaptive", "level", "effort")
+
+# OpenAI reasoning_effort -> thinking tokens. 1024 is Claude's minimum budget; 24576 is Gemini 2.5 Flash's
+# maximum (and within Pro's 32768).
+DEFAULT_BUDGETS: Mapping[str, int] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 32768}
+# Models whose style is not `budget`, by glob over the upstream model name (first match wins). Claude Opus 4.7
+# accepts only adaptive thinking; Opus/Sonnet 4.6 deprecate budget_tokens; Gemini 3 takes thinkingLevel.
+_NOT_BUDGET: tuple[tuple[str, ReasoningStyle], ...] = (
+    ("claude-opus-4-7*", "adaptive"), ("claude-opus-4-6*", "adaptive"), ("claude-sonnet-4-6*", "adaptive"),
+    ("claude-mythos*", "adaptive"), ("gemini-3*", "level"), ("o1*", "effort"), ("o3*", "effort"),
+    ("o4*", "effort"), ("gpt-5*", "effort"),
+)
+DEFAULT_REASONING_MODELS: tuple[tuple[str, ReasoningStyle | None, Mapping[str, int]], ...] = tuple(
+    (glob, style, {}) for glob, style in _NOT_BUDGET
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReasoning:
+    """How one model takes a reasoning effort (see ReasoningTable)."""
+
+    style: ReasoningStyle = "budget"
+    budgets: Mapping[str, int] = field(default_factory=lambda: DEFAULT_BUDGETS)
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningTable:
+    """The config's `reasoning:` section: default budgets per effort and per-model overrides by glob."""
+
+    budgets: Mapping[str, int] = field(default_factory=lambda: DEFAULT_BUDGETS)
+    models: tuple[tuple[str, ReasoningStyle | None, Mapping[str, int]], ...] = DEFAULT_REASONING_MODELS
+
+    def for_model(self, model: str) -> ModelReasoning:
+        name = model.lower().rsplit("/", 1)[-1]
+        style: ReasoningStyle | None = None
+        budgets: dict[str, int] = {}
+        for glob, s, b in self.models:  # the first entry to give a style (or a budget) wins it
+            if fnmatch.fnmatchcase(name, glob.lower()):
+                if style is None:
+                    style = s
+                budgets = {**b, **budgets}
+        return ModelReasoning(style or "budget", {**self.budgets, **budgets})
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where one attempt goes: the router's choice of channel and account."""
@@ -113,6 +165,9 @@ class Target:
     upstream_model: str
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     api_version: str | None = None  # azure: the channel's api-version
+    rerank_path: str | None = None  # the channel's rerank_path (a path after base_url, or a whole URL)
+    proxy: str | None = field(default=None, repr=False)  # the channel's egress proxy (a secret) or "env"
+    reasoning: ReasoningTable = field(default_factory=ReasoningTable)  # how reasoning efforts map, per model
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +176,15 @@ class UpstreamRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes | BodyFactory | None
+    proxy: str | None = field(default=None, repr=False)  # an HTTP proxy URL (a secret) or "env"; None: direct
+
+
+def with_egress(ureq: UpstreamRequest, target: Target) -> UpstreamRequest:
+    """The request to send, through the target channel's egress proxy when it has one (adapters build
+    requests without it: where the connection goes is the channel's business, not the dialect's)."""
+    if target.proxy is None or ureq.proxy == target.proxy:
+        return ureq
+    return UpstreamRequest(ureq.method, ureq.url, ureq.headers, ureq.body, target.proxy)
 
 
 @dataclass(slots=True)
@@ -129,6 +193,7 @@ class Usage:
     completion_tokens: int = 0
     source: Literal["upstream", "estimate"] = "estimate"
     cached_tokens: int = 0  # part of prompt_tokens served from the provider's prompt cache
+    cache_write_tokens: int = 0  # part of prompt_tokens written to the provider's prompt cache (Anthropic)
 
     @property
     def total_tokens(self) -> int:
@@ -156,3 +221,5 @@ class UsageRecord:
     stream: bool
     attempts: int
     cost_usd: float = 0.0
+    cache_read_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it

@@ -3,14 +3,23 @@
 Timeouts differ by call kind. A unary call has a total deadline. A stream has a first-byte deadline (until
 response headers) and an idle deadline between chunks, never a total one: a long answer may stream for
 many minutes. Errors never carry the upstream URL or key; they name what failed, not where.
+
+A request may name an HTTP proxy (its channel's `proxy`): the connection then goes through it (CONNECT for
+https upstreams, absolute-URI requests for http ones), with the URL's credentials sent as
+Proxy-Authorization. `env` takes the proxy from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once per upstream
+host. A proxy that cannot be reached or refuses is a connect failure, like an upstream that cannot be.
+Proxy URLs hold secrets: no error or log line here names one (aiohttp's own exception texts do, so they
+are never passed on).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
+from yarl import URL
 
 from .config import TimeoutConfig
 from .errors import UpstreamFailure
@@ -37,6 +46,11 @@ async def _pieces(body: bytes) -> AsyncIterator[bytes]:
         for i in range(0, len(view), _PIECE):
             yield view[i : i + _PIECE]  # type: ignore[misc]  # a view, not a copy: aiohttp writes either
 
+# (proxy URL, or "env" + scheme://host) -> where to connect and the credentials; a handful of channels and
+# hosts, bounded anyway.
+_ProxyTo = tuple[URL | None, str | None]
+_PROXY_CACHE_MAX = 1024
+
 
 class Upstream:
     def __init__(self, timeouts: TimeoutConfig, max_response_bytes: int = 128 * 1024 * 1024) -> None:
@@ -47,6 +61,7 @@ class Upstream:
         # sock_read is the idle deadline between chunks (it also bounds the wait for headers, so the
         # first-byte deadline in effect is min(first_byte, idle))
         self._stream = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle)
+        self._proxies: dict[str, _ProxyTo] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -67,8 +82,8 @@ class Upstream:
     async def open(self, ureq: UpstreamRequest, stream: bool) -> UpstreamResponse:
         """Send the request and wait for the response headers."""
         assert self._session is not None, "Upstream.start() was not awaited"
+        headers, proxy, proxy_headers = self._route(ureq)
         body = ureq.body() if callable(ureq.body) else ureq.body
-        headers = ureq.headers
         if isinstance(body, (bytes, bytearray)) and len(body) > _PACED_BODY:
             headers = {**headers, "Content-Length": str(len(body))}  # sent as it is, not chunked
             body = _pieces(body)
@@ -77,19 +92,59 @@ class Upstream:
                 async with asyncio.timeout(self._t.first_byte):
                     resp = await self._session.request(
                         ureq.method, ureq.url, headers=headers, data=body,
-                        timeout=self._stream, allow_redirects=False,
+                        timeout=self._stream, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers,
                     )
-                return resp
-            return await self._session.request(
-                ureq.method, ureq.url, headers=headers, data=body,
-                timeout=self._unary, allow_redirects=False,
-            )
+            else:
+                resp = await self._session.request(
+                    ureq.method, ureq.url, headers=headers, data=body,
+                    timeout=self._unary, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers,
+                )
         except asyncio.TimeoutError:
             raise UpstreamFailure("upstream sent no response in time", kind="timeout", status=504) from None
+        except aiohttp.ClientProxyConnectionError:
+            raise _proxy_failure("could not connect to the channel's proxy") from None
+        except aiohttp.ClientHttpProxyError as e:
+            raise _proxy_failure(f"the channel's proxy refused the connection (HTTP {e.status})") from None
         except aiohttp.ClientConnectorError:
             raise UpstreamFailure("could not connect to upstream", kind="connect", status=502) from None
         except (aiohttp.ClientError, ConnectionError) as e:
             raise UpstreamFailure(f"upstream connection failed ({type(e).__name__})", kind="connect", status=502) from None
+        if resp.status == 407 and proxy is not None:  # an http upstream's request, refused by the proxy itself
+            resp.close()
+            raise _proxy_failure("the channel's proxy refused the connection (HTTP 407)")
+        return resp
+
+    def _route(self, ureq: UpstreamRequest) -> tuple[Mapping[str, str], URL | None, dict[str, str] | None]:
+        """The request's headers, the proxy to go through (None: direct) and the headers of its CONNECT."""
+        headers: Mapping[str, str] = ureq.headers
+        proxy, proxy_auth = self._proxy_for(ureq) if ureq.proxy else (None, None)
+        proxy_headers = None
+        if proxy_auth is not None:
+            # CONNECT (https upstreams) carries proxy_headers; an http upstream's request goes to the proxy
+            # itself, so the header rides on it (aiohttp sends it to the proxy only, never past it)
+            proxy_headers = {"Proxy-Authorization": proxy_auth}
+            if not ureq.url.startswith("https:"):
+                headers = {**headers, "Proxy-Authorization": proxy_auth}
+        return headers, proxy, proxy_headers
+
+    def _proxy_for(self, ureq: UpstreamRequest) -> _ProxyTo:
+        """The proxy to connect through and its Proxy-Authorization value (kept apart from the URL: aiohttp's
+        exception texts show the proxy URL they were given)."""
+        spec = ureq.proxy or ""
+        url = URL(ureq.url)
+        entry = f"env {url.scheme}://{url.host}" if spec == "env" else spec
+        got = self._proxies.get(entry)
+        if got is None:
+            proxy: URL | None = URL(spec) if spec != "env" else _env_proxy(url)
+            auth = None
+            if proxy is not None and proxy.user is not None:
+                auth = aiohttp.encode_basic_auth(proxy.user, proxy.password or "")
+                proxy = proxy.with_user(None)
+            got = (proxy, auth)
+            if len(self._proxies) >= _PROXY_CACHE_MAX:
+                self._proxies.clear()
+            self._proxies[entry] = got
+        return got
 
     async def read_body(self, resp: UpstreamResponse) -> bytes:
         """A whole unary body, bounded."""
@@ -125,15 +180,21 @@ class Upstream:
         at most 64 KiB of body. UpstreamFailure (connect, timeout) when no answer came."""
         assert self._session is not None, "Upstream.start() was not awaited"
         body = ureq.body() if callable(ureq.body) else ureq.body
+        headers, proxy, proxy_headers = self._route(ureq)
         try:
             async with asyncio.timeout(timeout):
                 async with self._session.request(
-                    ureq.method, ureq.url, headers=ureq.headers, data=body, allow_redirects=False,
+                    ureq.method, ureq.url, headers=headers, data=body, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, self._t.connect)),
+                    proxy=proxy, proxy_headers=proxy_headers,
                 ) as resp:
                     return resp.status, resp.headers, await resp.content.read(MAX_ERROR_BODY)
         except asyncio.TimeoutError:
             raise UpstreamFailure("no answer in time", kind="timeout", status=504) from None
+        except aiohttp.ClientProxyConnectionError:
+            raise _proxy_failure("could not connect to the channel's proxy") from None
+        except aiohttp.ClientHttpProxyError as e:
+            raise _proxy_failure(f"the channel's proxy refused the connection (HTTP {e.status})") from None
         except aiohttp.ClientConnectorError:
             raise UpstreamFailure("could not connect", kind="connect", status=502) from None
         except (aiohttp.ClientError, ConnectionError) as e:
@@ -142,3 +203,17 @@ class Upstream:
     @staticmethod
     def chunks(resp: UpstreamResponse) -> AsyncIterator[bytes]:
         return resp.content.iter_any()
+
+
+def _env_proxy(url: URL) -> URL | None:
+    """HTTPS_PROXY / HTTP_PROXY for the URL's scheme, unless NO_PROXY names its host (None: direct)."""
+    if url.host is None or proxy_bypass_environment(url.host):
+        return None
+    found = getproxies_environment().get(url.scheme)
+    return URL(found) if found else None
+
+
+def _proxy_failure(reason: str) -> UpstreamFailure:
+    failure = UpstreamFailure(reason, kind="connect", status=502)
+    failure.channel_wide = True
+    return failure

@@ -26,9 +26,10 @@ from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
 from .web_input import (
-    MAX_MODEL_CHARS, check_model_name, close_form, parse_json, read_body, read_form, validate, validate_messages,
+    MAX_MODEL_CHARS, check_model_name, close_form, image_form, parse_json, read_body, read_form, validate,
+    validate_messages,
 )
-from .web_models import add_model_routes
+from .web_models import Alternate, add_model_routes
 
 __all__ = ["DIALECT", "REQUEST_ID", "ApiDeps", "add_routes"]
 
@@ -66,7 +67,7 @@ def _key(deps: ApiDeps, request: web.Request) -> KeyRecord:
     return key
 
 
-def add_routes(app: web.Application, deps: ApiDeps) -> None:
+def add_routes(app: web.Application, deps: ApiDeps, models_alternate: Alternate | None = None) -> None:
     for prefix in ("/v1", ""):
         for ep in ENDPOINTS.values():
             if ep.dialect == "openai" and ep.family == ep.name:
@@ -75,8 +76,10 @@ def add_routes(app: web.Application, deps: ApiDeps) -> None:
             app.router.add_route(
                 method, f"{prefix}/responses/{{id}}{suffix}", _stored_response_handler(deps, ENDPOINTS[name], suffix)
             )
-    add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request))
+    app.router.add_post("/v2/rerank", _relay_handler(deps, ENDPOINTS["rerank"]))  # Cohere's path
+    add_model_routes(app, deps.router, deps.cfg, lambda request: _key(deps, request), models_alternate)
     app.router.add_post("/v1/messages", _messages_handler(deps))
+    app.router.add_post("/v1/messages/count_tokens", _messages_handler(deps, "messages/count_tokens"))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -84,6 +87,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _relay_handler(deps: ApiDeps, ep: Endpoint) -> Handler:
     is_form = ep.body == "form"
+    file_param = "image" if ep.images else "file"  # the upload's file field, named in errors
     endpoint = ep.name
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -97,14 +101,17 @@ def _relay_handler(deps: ApiDeps, ep: Endpoint) -> Handler:
         try:
             data: dict[str, Any] | None
             if is_form and request.content_type == "multipart/form-data":
-                form = await read_form(request, deps.cfg.server.max_upload_bytes, deps.cfg.server.read_timeout)
+                form = await read_form(request, deps.cfg.server.max_upload_bytes, deps.cfg.server.read_timeout,
+                                       file_param)
                 fields = {f.name: f.value for f in form if f.spool is None}
                 model = fields.get("model", b"").decode("utf-8", "replace")[: MAX_MODEL_CHARS + 1]
                 check_model_name(model)
                 stream = fields.get("stream", b"").lower() == b"true"
                 body, data, wants_usage = b"", None, False
+                if ep.images:  # edits, variations: billed and limited by the images asked for
+                    form, model, data = image_form(endpoint, form)
             elif is_form:
-                raise InvalidRequest("This endpoint takes a multipart/form-data upload.", param="file")
+                raise InvalidRequest("This endpoint takes a multipart/form-data upload.", param=file_param)
             else:
                 body = await read_body(request, deps.cfg.server.max_body_bytes, deps.cfg.server.read_timeout)
                 data = parse_json(body)
@@ -215,9 +222,11 @@ def _stored_response_handler(deps: ApiDeps, ep: Endpoint, suffix: str) -> Handle
     return handle
 
 
-def _messages_handler(deps: ApiDeps) -> Handler:
-    """Anthropic's Messages API: the same pipeline, errors in Anthropic's shape (see the app's middleware)."""
-    ep = ENDPOINTS["messages"]
+def _messages_handler(deps: ApiDeps, endpoint: str = "messages") -> Handler:
+    """Anthropic's Messages API (and its token count): the same pipeline, errors in Anthropic's shape (see the
+    app's middleware)."""
+    ep = ENDPOINTS[endpoint]
+    counting = endpoint == "messages/count_tokens"
 
     async def handle(request: web.Request) -> web.StreamResponse:
         request[DIALECT] = "anthropic"
@@ -229,7 +238,7 @@ def _messages_handler(deps: ApiDeps) -> Handler:
         try:
             body = await read_body(request, deps.cfg.server.max_body_bytes, deps.cfg.server.read_timeout)
             data = parse_json(body)
-            model = validate_messages(data)
+            model = validate_messages(data, max_tokens=not counting)
             _check_model(deps, key, model, ep)
         except RelayError as e:
             deps.proxy.record_rejected(request[REQUEST_ID], key.id, ep.name, model, e.status, started)
@@ -237,8 +246,9 @@ def _messages_handler(deps: ApiDeps) -> Handler:
         headers = {h: v for h in _ANTHROPIC_HEADERS if (v := request.headers.get(h))}
         req = RelayRequest(
             id=request[REQUEST_ID], endpoint=ep.name, model=model, body=body, json=data,
-            stream=data.get("stream") is True, wants_usage=True, key=key, started=started, dialect="anthropic",
-            headers=headers, sticky=_affinity(key, model, data),
+            stream=data.get("stream") is True and not counting, wants_usage=True, key=key, started=started,
+            dialect="anthropic", headers=headers, sticky=_affinity(key, model, data),
+            query=request.query_string if counting else "",
         )
         return await deps.proxy.relay(request, req)
 

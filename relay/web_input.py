@@ -14,13 +14,14 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import InvalidRequest, PayloadTooLarge, RelayError
 from .types import FormField
 
 __all__ = [
-    "BODY_BUDGET", "MAX_MODEL_CHARS", "BodyBudget", "check_model_name", "close_form", "parse_json", "read_body",
-    "read_form", "validate", "validate_messages",
+    "BODY_BUDGET", "DEFAULT_IMAGE_MODEL", "MAX_MODEL_CHARS", "BodyBudget", "check_model_name", "close_form",
+    "image_form", "parse_json", "read_body", "read_form", "validate", "validate_messages", "validate_rerank",
 ]
 
 _MAX_FORM_FIELD = 64 * 1024  # a non-file multipart field (model, prompt, language...)
@@ -67,15 +68,16 @@ def check_model_name(model: str) -> str:
     return model
 
 
-def validate_messages(data: dict[str, Any]) -> str:
-    """The fields of a Messages request the relay itself reads or the API always requires."""
+def validate_messages(data: dict[str, Any], max_tokens: bool = True) -> str:
+    """The fields of a Messages request the relay itself reads or the API always requires (a token count
+    takes no max_tokens)."""
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model: Field required (a non-empty string).", param="model")
     if len(model) > MAX_MODEL_CHARS:
         raise InvalidRequest(f"model: String should have at most {MAX_MODEL_CHARS} characters.", param="model")
-    max_tokens = data.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    limit = data.get("max_tokens")
+    if max_tokens and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise InvalidRequest("max_tokens: Field required (an integer of at least 1).", param="max_tokens")
     messages = data.get("messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
@@ -179,6 +181,8 @@ def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool, bool]:
             raise InvalidRequest("'messages' must be a non-empty array.", param="messages", code="invalid_type")
         if not all(isinstance(m, dict) for m in messages):
             raise InvalidRequest("Each message must be an object.", param="messages", code="invalid_type")
+    if endpoint == "rerank":
+        validate_rerank(data)
     for name in ("max_tokens", "max_completion_tokens", "n"):
         value = data.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -186,7 +190,28 @@ def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool, bool]:
     return model, stream, wants_usage
 
 
-async def read_form(request: web.Request, limit: int, timeout: float) -> tuple[FormField, ...]:
+def validate_rerank(data: dict[str, Any]) -> None:
+    """A rerank body as Jina and Cohere take it: a query, documents (strings or {"text"} objects), top_n."""
+    query = data.get("query")
+    if not isinstance(query, str) or not query:
+        raise InvalidRequest("'query' must be a non-empty string.", param="query", code="invalid_type")
+    docs = data.get("documents")
+    if not isinstance(docs, list) or not docs:
+        raise InvalidRequest("'documents' must be a non-empty array.", param="documents", code="invalid_type")
+    for i, doc in enumerate(docs):
+        if not (isinstance(doc, str) or (isinstance(doc, dict) and isinstance(doc.get("text"), str))):
+            raise InvalidRequest(f"documents[{i}] must be a string or an object with a 'text' string.",
+                                 param="documents", code="invalid_type")
+    top_n = data.get("top_n")
+    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
+        raise InvalidRequest("'top_n' must be a positive integer.", param="top_n", code="invalid_type")
+    if not isinstance(data.get("return_documents", False), bool):
+        raise InvalidRequest("'return_documents' must be a boolean.", param="return_documents", code="invalid_type")
+
+
+async def read_form(
+    request: web.Request, limit: int, timeout: float, file_param: str = "file"
+) -> tuple[FormField, ...]:
     """Read a multipart upload: small fields in memory, file parts spooled (to disk past 1 MiB)."""
     length = request.content_length
     if length is not None and length > limit:
@@ -216,16 +241,53 @@ async def read_form(request: web.Request, limit: int, timeout: float) -> tuple[F
     except TimeoutError:
         close_form(fields)
         raise RelayError("The upload was not received in time.", status=408, code="request_timeout") from None
-    except (ValueError, AssertionError):
+    except (ValueError, AssertionError, HttpProcessingError):  # a part's headers unreadable: InvalidHeader...
         close_form(fields)
-        raise InvalidRequest("The multipart body is malformed.") from None
+        raise InvalidRequest("The multipart body is malformed.", code="invalid_multipart") from None
     except BaseException:
         close_form(fields)
         raise
     if not any(f.spool is not None for f in fields):
         close_form(fields)
-        raise InvalidRequest("The upload has no file part.", param="file", code="missing_required_parameter")
+        raise InvalidRequest("The upload has no file part.", param=file_param, code="missing_required_parameter")
     return tuple(fields)
+
+
+# OpenAI's limits: up to 16 input images for an edit, one for a variation, n from 1 to 10.
+_MAX_EDIT_IMAGES = 16
+_MAX_N = 10
+# The API's default model for edits and variations when the form names none.
+DEFAULT_IMAGE_MODEL = "dall-e-2"
+
+
+def image_form(endpoint: str, form: tuple[FormField, ...]) -> tuple[tuple[FormField, ...], str, dict[str, Any]]:
+    """Check an image edit or variation upload: its image parts (`image`, or `image[]` repeated), at most one
+    mask, a prompt for edits, `n`. Returns the form (with the default model made explicit when it named
+    none, so the channel's model_map applies), the model, and the text fields billing and limits read."""
+    params: dict[str, Any] = {f.name: f.value.decode("utf-8", "replace") for f in form if f.filename is None}
+    images = sum(1 for f in form if f.filename is not None and f.name in ("image", "image[]"))
+    most = 1 if endpoint == "images/variations" else _MAX_EDIT_IMAGES
+    if not images:
+        raise InvalidRequest("The upload has no 'image' file part.", param="image", code="missing_required_parameter")
+    if images > most:
+        raise InvalidRequest(f"At most {most} image(s) may be given to /v1/{endpoint}.", param="image")
+    if sum(1 for f in form if f.name == "mask") > 1:
+        raise InvalidRequest("At most one 'mask' may be given.", param="mask")
+    if endpoint == "images/edits" and not params.get("prompt"):
+        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+    if "n" in params:
+        try:
+            n = int(params["n"])
+        except ValueError:
+            n = 0
+        if not 1 <= n <= _MAX_N:
+            raise InvalidRequest(f"'n' must be an integer from 1 to {_MAX_N}.", param="n", code="invalid_type")
+        params["n"] = n
+    model = params.get("model") or ""
+    if not model:
+        model = params["model"] = DEFAULT_IMAGE_MODEL
+        form = (*(f for f in form if f.name != "model"), FormField("model", model.encode()))
+    return form, model, params
 
 
 def close_form(fields: list[FormField]) -> None:

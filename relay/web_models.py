@@ -11,7 +11,7 @@ of the "NewAPI" kind read to decide how to call a model (Cherry Studio, LobeChat
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,7 +39,9 @@ _HOST_VENDORS = {
 _KIND = {
     "chat/completions": "chat", "completions": "chat", "messages": "chat", "responses": "chat",
     "embeddings": "embedding", "moderations": "moderation", "images/generations": "image", "audio/speech": "speech",
-    "audio/transcriptions": "transcription", "audio/translations": "transcription",
+    "audio/transcriptions": "transcription", "audio/translations": "transcription", "rerank": "rerank",
+    "images/edits": "image", "images/variations": "image",
+    "gemini/generateContent": "chat", "gemini/embedContent": "embedding",
 }
 
 
@@ -62,24 +64,46 @@ def _kind(price: PriceConfig | None) -> str:
         return "speech"
     if price.minute:
         return "transcription"
+    if price.per_request:
+        return "rerank"
     if price.input and not price.output:
         return "embedding"
     return "chat"
 
 
+# Another dialect's answer on the same paths, or None: Gemini clients list models at GET /v1/models too,
+# with their own key header (relay.web_gemini).
+Alternate = Callable[[web.Request], Awaitable[web.StreamResponse] | None]
+
+
 def add_model_routes(
     app: web.Application, router: Router, cfg: Config, authenticate: Callable[[web.Request], KeyRecord],
+    alternate: Alternate | None = None,
 ) -> None:
-    objects = {m: _object(m, router.channels_of(m), cfg.prices.get(m)) for m in router.models()}
+    built: dict[int, dict[str, dict[str, Any]]] = {}  # router generation -> the model objects
+
+    def models() -> dict[str, dict[str, Any]]:
+        """Built once per router reload (channels changed at run time), not per request."""
+        objects = built.get(router.generation)
+        if objects is None:
+            objects = {m: _object(m, router.channels_of(m), cfg.prices.get(m)) for m in router.models()}
+            built.clear()
+            built[router.generation] = objects
+        return objects
 
     async def list_(request: web.Request) -> web.StreamResponse:
+        if alternate is not None and (other := alternate(request)) is not None:
+            return await other
         key = authenticate(request)
-        data = [obj for m, obj in objects.items() if key_allows(key, m)]
+        data = [obj for m, obj in models().items() if key_allows(key, m)]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
     async def one(request: web.Request) -> web.StreamResponse:
+        if alternate is not None and (other := alternate(request)) is not None:
+            return await other
         key = authenticate(request)
         model = request.match_info["model"]
+        objects = models()
         if model not in objects or not key_allows(key, model):
             raise NotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
         return web.Response(body=orjson.dumps(objects[model]), content_type="application/json")
@@ -90,10 +114,10 @@ def add_model_routes(
 
 
 def _object(model: str, channels: list[ChannelConfig], price: PriceConfig | None) -> dict[str, Any]:
-    kind = _kind(price)
+    kind = "rerank" if "rerank" in model.lower() else _kind(price)  # bge-reranker, jina-reranker, rerank-v3.5
     types: list[str] = []
     for ep in ENDPOINTS.values():
-        if ep.family != ep.name or _KIND.get(ep.name) != kind or ep.label in types:
+        if _KIND.get(ep.name) != kind or ep.label in types:  # calls on a stored response have no kind
             continue
         if any(mode_for(ep, ch) is not None for ch in channels):
             types.append(ep.label)

@@ -1,30 +1,31 @@
-"""Operations endpoints: /metrics (Prometheus text), /healthz, /status (per-model availability page).
+"""Operations endpoints: /metrics (Prometheus text), /healthz, /status (the public status page) and
+/status.json (its data).
 
-None of them needs a key and none shows a secret: /status names models, channels and account numbers only.
+None of them needs a key and none shows a secret: /status names public models only (channels and account
+numbers too with `status.show_channels`), and is served from a cache a few seconds old.
 """
 
 from __future__ import annotations
 
 import hmac
-import html
-import time
 from collections.abc import Callable
 
+import orjson
 from aiohttp import web
 
 from .errors import Unauthorized
 from .metrics import CONTENT_TYPE, Metrics
 from .router import Router
-from .store_api import Availability, Storage
+from .status_data import StatusBoard
+from .status_page import render_status
+from .store_api import Storage
 
 __all__ = ["OpsDeps", "add_routes"]
-
-_STATUS_CACHE_SECONDS = 10.0
 
 
 class OpsDeps:
     def __init__(
-        self, metrics: Metrics, router: Router, store: Storage, store_ok: Callable[[], bool],
+        self, metrics: Metrics, router: Router, store: Storage, store_ok: Callable[[], bool], board: StatusBoard,
         metrics_token: str | None = None,
     ) -> None:
         self.metrics = metrics
@@ -32,17 +33,25 @@ class OpsDeps:
         self.store_ok = store_ok
         self.router = router
         self.store = store
+        self.board = board
         self.draining = False
-        self._status: tuple[float, bytes] | None = None
 
-    async def status_page(self) -> bytes:
-        now = time.monotonic()
-        if self._status is None or now - self._status[0] > _STATUS_CACHE_SECONDS:
-            wall = time.time()
-            hour = await self.store.availability(wall - 3600)
-            day = await self.store.availability(wall - 86400)
-            self._status = (now, _render_status(hour, day, self.router))
-        return self._status[1]
+    async def status_body(self, kind: str) -> bytes:
+        """The page ("html") or its data ("json"), rendered once per computed document."""
+        doc = await self.board.document()
+        body = self.board.renders.get(kind)
+        if body is None:
+            if kind == "json":
+                body = orjson.dumps(doc)
+            else:
+                body = render_status(doc, refresh=max(2, min(30, self.board.cfg.bucket)))
+            self.board.renders[kind] = body
+        return body
+
+
+# Public and cacheable by a reverse proxy for as long as the relay itself caches it.
+def _cache_headers(deps: OpsDeps) -> dict[str, str]:
+    return {"Cache-Control": f"public, max-age={int(deps.board.ttl)}"}
 
 
 def add_routes(app: web.Application, deps: OpsDeps) -> None:
@@ -63,41 +72,17 @@ def add_routes(app: web.Application, deps: OpsDeps) -> None:
         return web.json_response({"status": "ok", "store": "ok"})
 
     async def status(request: web.Request) -> web.Response:
-        return web.Response(body=await deps.status_page(), content_type="text/html", charset="utf-8")
+        return web.Response(
+            body=await deps.status_body("html"), content_type="text/html", charset="utf-8",
+            headers=_cache_headers(deps),
+        )
+
+    async def status_json(request: web.Request) -> web.Response:
+        # public data without credentials: any web page may read it (a status widget elsewhere)
+        headers = {**_cache_headers(deps), "Access-Control-Allow-Origin": "*"}
+        return web.Response(body=await deps.status_body("json"), content_type="application/json", headers=headers)
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
-
-
-def _pct(a: Availability | None) -> str:
-    if a is None or a.share is None:
-        return "—"
-    return f"{a.share * 100:.2f}% <small>({a.ok + a.failed})</small>"
-
-
-def _render_status(hour: list[Availability], day: list[Availability], router: Router) -> bytes:
-    def table(scope: str, names: list[str]) -> str:
-        h = {a.name: a for a in hour if a.scope == scope}
-        d = {a.name: a for a in day if a.scope == scope}
-        rows = "".join(
-            f"<tr><td>{html.escape(n)}</td><td>{_pct(h.get(n))}</td><td>{_pct(d.get(n))}</td></tr>" for n in names
-        )
-        return (
-            f"<h2>By {scope}</h2><table><tr><th>{scope}</th><th>last hour</th><th>last day</th></tr>{rows}</table>"
-        )
-
-    channels = sorted({a.channel.name for a in router.accounts})
-    out = router.out_of_rotation()
-    resting = "".join(
-        f"<li>{html.escape(a.channel.name)} account {a.index}: {state}</li>" for a, state in out
-    ) or "<li>none</li>"
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>relay status</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}"
-        "table{border-collapse:collapse}tr:nth-child(even){background:#f4f4f4}</style></head><body>"
-        "<h1>Service status</h1><p>Share of requests served successfully (client errors excluded).</p>"
-        f"{table('model', router.models())}{table('channel', channels)}"
-        f"<h2>Accounts out of rotation</h2><ul>{resting}</ul></body></html>"
-    )
-    return page.encode()
+    app.router.add_get("/status.json", status_json)

@@ -2,7 +2,7 @@
 
 `adapter_for(channel_type, endpoint, mode)` picks one for a channel type and a client endpoint (see
 relay.endpoints): the endpoint's native adapter for that type, or, in mode "chat", the endpoint's
-translation wrapped around the type's chat/completions adapter.
+translation wrapped around the type's chat/completions adapter, or in mode "local" the relay's own answer.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from .anthropic import AnthropicAdapter
 from .anthropic_native import AnthropicNative
 from .azure import AzureAdapter
 from .base import Adapter, StreamHandler
+from .count_tokens import AnthropicCountTokens, LocalCountTokens
 from .gemini import GeminiAdapter
+from .gemini_chat import GeminiOverChat
+from .gemini_native import GeminiNative
 from .messages_openai import MessagesOverChat
 from .openai import OpenAIAdapter
+from .rerank import RerankAdapter
 from .responses_chat import ResponsesOverChat
 from .responses_native import AzureResponsesNative, ResponsesNative
 
@@ -31,9 +35,16 @@ _NATIVE: dict[tuple[str, str], Adapter] = {
     ("anthropic", "messages"): AnthropicNative(),
     ("openai", "responses"): ResponsesNative(),
     ("azure", "responses"): AzureResponsesNative(),
+    ("openai", "rerank"): RerankAdapter(),
+    ("gemini", "gemini"): GeminiNative(),
+    ("anthropic", "messages/count_tokens"): AnthropicCountTokens(),
 }
+# Endpoint families the relay answers itself on channel types without them (mode "local").
+_LOCAL: dict[str, Adapter] = {"messages/count_tokens": LocalCountTokens()}
 # Endpoint families translated onto a channel's chat/completions.
-_OVER_CHAT: dict[str, Callable[[Adapter], Adapter]] = {"messages": MessagesOverChat, "responses": ResponsesOverChat}
+_OVER_CHAT: dict[str, Callable[[Adapter], Adapter]] = {
+    "messages": MessagesOverChat, "responses": ResponsesOverChat, "gemini": GeminiOverChat,
+}
 _MADE: dict[tuple[str, str, str], Adapter] = {}
 
 
@@ -53,6 +64,8 @@ def adapter_for(channel_type: str, endpoint: str = "chat/completions", mode: Mod
         adapter = _NATIVE.get((channel_type, family), base)
     elif mode == "chat" and family in _OVER_CHAT:
         adapter = _OVER_CHAT[family](base)
+    elif mode == "local" and family in _LOCAL:
+        adapter = _LOCAL[family]
     else:
         raise LookupError(f"channel type {channel_type!r} does not serve /v1/{endpoint}")
     _MADE[(channel_type, family, mode)] = adapter

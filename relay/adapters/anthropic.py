@@ -15,6 +15,9 @@ into OpenAI's chat.completion shapes:
   tool: a tool named after the schema, whose `input_schema` is the schema, with `tool_choice` set to it.
   The tool's input is the answer: it is returned as the message's text content (streamed as it comes),
   with finish_reason `stop`. Combining it with the client's own tools is refused (400).
+- `reasoning_effort` becomes `thinking`, thinking blocks come back as `reasoning_content` and
+  `thinking_blocks` and go back first in their turn, and `cache_control` marks are carried to the blocks:
+  see relay.adapters.thinking.
 - Anthropic error bodies are rewritten in OpenAI's error shape, with the same status (529 overloaded is
   retried like any 5xx).
 """
@@ -31,8 +34,9 @@ import orjson
 from ..errors import InvalidRequest, UpstreamFailure
 from ..sse import SSEParser, encode_event
 from ..tokens import CompletionCounter
-from ..types import RelayRequest, Target, UpstreamRequest, Usage
+from ..types import ModelReasoning, RelayRequest, Target, UpstreamRequest, Usage
 from .base import classify_status
+from .thinking import apply_anthropic_thinking, cache_control, from_anthropic_blocks, thinking_blocks_of
 
 __all__ = ["AnthropicAdapter", "AnthropicStream", "from_anthropic_usage", "to_anthropic_messages"]
 
@@ -117,10 +121,14 @@ def _content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 raise InvalidRequest(f"{where}: a {kind} part needs a string '{kind}'.", param="messages")
             if text:
                 blocks.append({"type": "text", "text": text})
+            else:
+                continue
         elif kind == "image_url":
             blocks.append(_image_block(part, where))  # type: ignore[arg-type]
         else:
             raise InvalidRequest(f"{where}: content parts of type {kind!r} are not supported.", param="messages")
+        if (cc := cache_control(part)) is not None:
+            blocks[-1]["cache_control"] = cc
     return blocks
 
 
@@ -143,6 +151,7 @@ def to_anthropic_messages(messages: Any) -> tuple[str | list[dict[str, Any]] | N
     if not isinstance(messages, list):
         raise InvalidRequest("'messages' must be an array.", param="messages")
     system: list[str] = []
+    system_blocks: list[dict[str, Any]] = []  # the same, part by part with their cache_control
     turns: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
@@ -151,11 +160,13 @@ def to_anthropic_messages(messages: Any) -> tuple[str | list[dict[str, Any]] | N
             text = _text_of(m.get("content"), where)  # type: ignore[union-attr]
             if text:
                 system.append(text)
+                system_blocks += _system_blocks(m)  # type: ignore[arg-type]
             continue
         if role == "user":
             blocks = _content_blocks(m.get("content"), where)  # type: ignore[union-attr]
         elif role == "assistant":
-            blocks = _content_blocks(m.get("content"), where)  # type: ignore[union-attr]
+            # thinking blocks sent back go first: the API wants them before the turn's tool_use
+            blocks = thinking_blocks_of(m) + _content_blocks(m.get("content"), where)  # type: ignore[arg-type, union-attr]
             for call in m.get("tool_calls") or ():  # type: ignore[union-attr]
                 blocks.append(_tool_use_block(call, where))
         elif role == "tool":
@@ -166,20 +177,44 @@ def to_anthropic_messages(messages: Any) -> tuple[str | list[dict[str, Any]] | N
             result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
             if text:
                 result["content"] = text
+            content = m.get("content")  # type: ignore[union-attr]
+            marks = [cache_control(p) for p in content if cache_control(p)] if isinstance(content, list) else []
+            if marks:
+                result["cache_control"] = marks[-1]
             blocks, role = [result], "user"
         else:
             raise InvalidRequest(f"{where}: role {role!r} is not supported on this model.", param="messages")
         if not blocks:
             continue
+        if (cc := cache_control(m)) is not None:  # a message's own cache_control marks its last block
+            blocks[-1]["cache_control"] = cc
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
     if not system:
         return None, turns
+    if any("cache_control" in b for b in system_blocks):
+        return system_blocks, turns
     if len(system) == 1:
         return system[0], turns
     return [{"type": "text", "text": s} for s in system], turns
+
+
+def _system_blocks(m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A system message as text blocks, keeping each part's cache_control (and the message's, on the last)."""
+    content = m.get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or ())
+    out = []
+    for part in parts:
+        if isinstance(part, Mapping) and part.get("text"):
+            block = {"type": "text", "text": part["text"]}
+            if (cc := cache_control(part)) is not None:
+                block["cache_control"] = cc
+            out.append(block)
+    if out and (cc := cache_control(m)) is not None:
+        out[-1]["cache_control"] = cc
+    return out
 
 
 def _schema_tool(body: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -226,6 +261,8 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         }
         if fn.get("description"):
             entry["description"] = fn["description"]
+        if (cc := cache_control(tool) or cache_control(fn)) is not None:
+            entry["cache_control"] = cc
         out.append(entry)
     return out
 
@@ -248,7 +285,9 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return out
 
 
-def to_anthropic_request(body: Mapping[str, Any], model: str, stream: bool) -> dict[str, Any]:
+def to_anthropic_request(
+    body: Mapping[str, Any], model: str, stream: bool, reasoning: ModelReasoning | None = None
+) -> dict[str, Any]:
     system, turns = to_anthropic_messages(body.get("messages"))
     out: dict[str, Any] = {"model": model}
     if system is not None:
@@ -286,6 +325,7 @@ def to_anthropic_request(body: Mapping[str, Any], model: str, stream: bool) -> d
         choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
         if choice is not None:
             out["tool_choice"] = choice
+    apply_anthropic_thinking(out, body, reasoning or ModelReasoning())
     if stream:
         out["stream"] = True
     return out
@@ -301,16 +341,19 @@ def from_anthropic_usage(obj: Any) -> Usage | None:
     read = obj.get("cache_read_input_tokens") or 0
     created = obj.get("cache_creation_input_tokens") or 0
     prompt = (obj.get("input_tokens") or 0) + read + created
-    return Usage(prompt, obj.get("output_tokens") or 0, "upstream", cached_tokens=read)
+    return Usage(prompt, obj.get("output_tokens") or 0, "upstream", cached_tokens=read, cache_write_tokens=created)
 
 
 def _openai_usage(u: Usage) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     }
+    if u.cache_write_tokens:  # (part of prompt_tokens) LiteLLM's name for what was written to the cache
+        out["cache_creation_input_tokens"] = u.cache_write_tokens
+    return out
 
 
 def from_anthropic_message(
@@ -334,6 +377,10 @@ def from_anthropic_message(
     stop = msg.get("stop_reason")
     finish = "stop" if answered_by_schema and stop == "tool_use" else FINISH_REASONS.get(stop or "", "stop")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
+    reasoning, thinking_blocks = from_anthropic_blocks(msg.get("content"))
+    if thinking_blocks:
+        message["reasoning_content"] = reasoning
+        message["thinking_blocks"] = thinking_blocks
     if calls:
         message["tool_calls"] = calls
     usage = from_anthropic_usage(msg.get("usage"))
@@ -426,6 +473,8 @@ class AnthropicStream:
             block, index = obj.get("content_block") or {}, obj.get("index", 0)
             if block.get("type") == "text" and block.get("text"):
                 out.append(self._content(block["text"]))
+            elif block.get("type") == "redacted_thinking":
+                out.append(self._chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": block.get("data") or ""}]}))
             elif block.get("type") == "tool_use":
                 if self._schema_tool is not None and block.get("name") == self._schema_tool:
                     self._schema_blocks.add(index)
@@ -440,6 +489,14 @@ class AnthropicStream:
             dtype = delta.get("type")
             if dtype == "text_delta" and delta.get("text"):
                 out.append(self._content(delta["text"]))
+            elif dtype == "thinking_delta" and delta.get("thinking"):
+                text = delta["thinking"]
+                self._text.add(orjson.dumps(text)[1:-1])  # thinking is output, billed as such
+                out.append(self._chunk({"reasoning_content": text,
+                                        "thinking_blocks": [{"type": "thinking", "thinking": text}]}))
+            elif dtype == "signature_delta" and delta.get("signature"):
+                out.append(self._chunk({"thinking_blocks": [
+                    {"type": "thinking", "thinking": "", "signature": delta["signature"]}]}))
             elif dtype == "input_json_delta" and delta.get("partial_json"):
                 part = delta["partial_json"]
                 if index in self._schema_blocks:
@@ -492,7 +549,8 @@ class AnthropicAdapter:
             "content-type": "application/json",
             **target.extra_headers,
         }
-        body = to_anthropic_request(req.json, target.upstream_model, req.stream)
+        reasoning = target.reasoning.for_model(target.upstream_model)
+        body = to_anthropic_request(req.json, target.upstream_model, req.stream, reasoning)
         return UpstreamRequest("POST", url, headers, orjson.dumps(body))
 
     def parse_response(self, req: RelayRequest, status: int, body: bytes) -> tuple[bytes, Usage | None]:

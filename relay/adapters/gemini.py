@@ -9,6 +9,13 @@ The key travels only in the `x-goog-api-key` header, never in the URL (URLs end 
 Gemini's stream has no end event: it is complete when the body ends after every candidate reported a
 finishReason. A body that ends before that is a cut stream (`done` stays False, the proxy says so).
 
+Reasoning: `reasoning_effort` becomes generationConfig.thinkingConfig (thinkingBudget, or thinkingLevel for
+models that take it, with includeThoughts; see relay.adapters.thinking); `thought: true` parts come back as
+`reasoning_content` (on the message and on stream deltas). A functionCall part's `thoughtSignature` rides
+on its tool call as `extra_content.google.thought_signature`, as Google's own OpenAI-compatible endpoint
+gives it, and goes back on that functionCall part when the client sends the tool call back (Gemini 3
+refuses a function call turn without it).
+
 JSON Schemas (tool parameters, response_format json_schema) are reduced to the OpenAPI 3.0 subset the
 Gemini `Schema` object accepts: `additionalProperties`, `$schema`, `$id`, `$ref`, `$defs`, `definitions`,
 `strict`, `default`, `title`, `examples`, `allOf`, `not`, `if/then/else`, `patternProperties` and any other
@@ -34,8 +41,9 @@ import orjson
 from ..errors import InvalidRequest, UpstreamFailure
 from ..sse import SSEParser
 from ..tokens import CompletionCounter, prompt_tokens
-from ..types import RelayRequest, Target, UpstreamRequest, Usage
+from ..types import ModelReasoning, RelayRequest, Target, UpstreamRequest, Usage
 from .base import classify_status
+from .thinking import gemini_thinking_config
 
 __all__ = [
     "GeminiAdapter",
@@ -237,7 +245,11 @@ def to_gemini_contents(messages: list[Any]) -> tuple[list[dict[str, Any]], dict[
                     raise InvalidRequest(
                         "A tool call's arguments are not valid JSON.", param=f"messages[{i}].tool_calls"
                     ) from None
-                parts.append({"functionCall": {"name": name, "args": parsed if isinstance(parsed, dict) else {}}})
+                part: dict[str, Any] = {"functionCall": {"name": name, "args": parsed if isinstance(parsed, dict) else {}}}
+                signature = _thought_signature(call)
+                if signature:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
             add("model", parts)
         elif role in ("tool", "function"):
             name = call_names.get(msg.get("tool_call_id", "")) or msg.get("name")
@@ -251,7 +263,22 @@ def to_gemini_contents(messages: list[Any]) -> tuple[list[dict[str, Any]], dict[
     return contents, ({"parts": system} if system else None)
 
 
-def to_gemini_request(body: Mapping[str, Any]) -> dict[str, Any]:
+def _thought_signature(call: Any) -> str | None:
+    """The signature a tool call carries back (extra_content.google.thought_signature)."""
+    extra = call.get("extra_content") if isinstance(call, Mapping) else None
+    google = extra.get("google") if isinstance(extra, Mapping) else None
+    sig = google.get("thought_signature") if isinstance(google, Mapping) else None
+    return sig if isinstance(sig, str) and sig else None
+
+
+def _with_signature(call: dict[str, Any], part: Mapping[str, Any]) -> dict[str, Any]:
+    sig = part.get("thoughtSignature")
+    if isinstance(sig, str) and sig:
+        call["extra_content"] = {"google": {"thought_signature": sig}}
+    return call
+
+
+def to_gemini_request(body: Mapping[str, Any], reasoning: ModelReasoning | None = None) -> dict[str, Any]:
     """An OpenAI chat.completions body -> a Gemini GenerateContentRequest body."""
     contents, system = to_gemini_contents(list(body.get("messages") or ()))
     out: dict[str, Any] = {"contents": contents}
@@ -293,6 +320,9 @@ def to_gemini_request(body: Mapping[str, Any]) -> dict[str, Any]:
         spec = fmt.get("json_schema")
         if fmt.get("type") == "json_schema" and isinstance(spec, Mapping) and isinstance(spec.get("schema"), Mapping):
             config["responseSchema"] = clean_schema(spec["schema"])
+    thinking = gemini_thinking_config(body, reasoning or ModelReasoning())
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     if config:
         out["generationConfig"] = config
     return out
@@ -345,20 +375,25 @@ def from_gemini_response(obj: Mapping[str, Any], model: str, request_id: str) ->
     for i, cand in enumerate(obj.get("candidates") or ()):
         index = cand.get("index", i)
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[dict[str, Any]] = []
         for part in (cand.get("content") or {}).get("parts") or ():
             if part.get("thought"):
+                if isinstance(part.get("text"), str):
+                    thoughts.append(part["text"])
                 continue
             if isinstance(part.get("text"), str):
                 texts.append(part["text"])
             fc = part.get("functionCall")
             if isinstance(fc, Mapping):
                 name = fc.get("name", "")
-                calls.append({
+                calls.append(_with_signature({
                     "id": tool_call_id(index, len(calls), name), "type": "function",
                     "function": {"name": name, "arguments": orjson.dumps(fc.get("args") or {}).decode()},
-                })
+                }, part))
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
+        if thoughts:
+            message["reasoning_content"] = "".join(thoughts)
         if calls:
             message["tool_calls"] = calls
         choices.append({
@@ -459,6 +494,10 @@ class GeminiStream:
                 out.append(self._delta(index, {"role": "assistant", "content": ""}))
             for part in (cand.get("content") or {}).get("parts") or ():
                 if part.get("thought"):
+                    thought = part.get("text")
+                    if isinstance(thought, str) and thought:
+                        self._text.add(orjson.dumps(thought)[1:-1])  # thinking is output, billed as such
+                        out.append(self._delta(index, {"reasoning_content": thought}))
                     continue
                 text = part.get("text")
                 if isinstance(text, str) and text:
@@ -471,10 +510,10 @@ class GeminiStream:
                     name = fc.get("name", "")
                     args = orjson.dumps(fc.get("args") or {})
                     self._text.add(orjson.dumps(args.decode())[1:-1])
-                    out.append(self._delta(index, {"tool_calls": [{
+                    out.append(self._delta(index, {"tool_calls": [_with_signature({
                         "index": n, "id": tool_call_id(index, n, name), "type": "function",
                         "function": {"name": name, "arguments": args.decode()},
-                    }]}))
+                    }, part)]}))
             if cand.get("finishReason"):
                 self._finish[index] = _finish(cand["finishReason"], index in self._calls)
         if not self._started and (obj.get("promptFeedback") or {}).get("blockReason"):
@@ -512,7 +551,8 @@ class GeminiAdapter:
         headers = {**target.extra_headers, "x-goog-api-key": target.api_key, "Content-Type": "application/json"}
         if req.endpoint == "chat/completions":
             url = base + (":streamGenerateContent?alt=sse" if req.stream else ":generateContent")
-            return UpstreamRequest("POST", url, headers, orjson.dumps(to_gemini_request(body)))
+            reasoning = target.reasoning.for_model(model)
+            return UpstreamRequest("POST", url, headers, orjson.dumps(to_gemini_request(body, reasoning)))
         if req.endpoint == "embeddings":
             one: dict[str, Any] = {"model": f"models/{model}"}
             dims = body.get("dimensions")

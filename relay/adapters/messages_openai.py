@@ -5,12 +5,16 @@ A Messages request is translated into a chat/completions body and handed to the 
 
 - `system` becomes a leading system message; text and image blocks become content parts; assistant
   `tool_use` blocks become `tool_calls`, user `tool_result` blocks become `tool` messages (placed before
-  the rest of that user turn); thinking blocks are dropped. `tools`, `tool_choice`
+  the rest of that user turn); thinking blocks are dropped (an OpenAI-dialect API has no place for them).
+  `thinking` becomes `reasoning_effort` for models whose reasoning style is `effort` (OpenAI's o-series and
+  gpt-5: see relay.adapters.thinking), and is dropped for the rest. `tools`, `tool_choice`
   (auto/any/tool/none, `disable_parallel_tool_use`), `stop_sequences`, `max_tokens`, `temperature`,
   `top_p` and `metadata.user_id` map to their counterparts. Streams ask for `stream_options.include_usage`.
-- The answer becomes a `message` with text and tool_use blocks; finish_reason stop/length/tool_calls
-  becomes stop_reason end_turn/max_tokens/tool_use. A stream becomes Anthropic's event sequence:
-  message_start, content_block_start/delta/stop (text_delta, input_json_delta), message_delta (stop_reason
+- The answer becomes a `message` with text and tool_use blocks, and a thinking block first when the
+  upstream reasoned in `reasoning_content` (DeepSeek-R1, Qwen; `reasoning` on some others; its signature
+  is empty: there is none to give); finish_reason stop/length/tool_calls becomes stop_reason
+  end_turn/max_tokens/tool_use. A stream becomes Anthropic's event sequence: message_start,
+  content_block_start/delta/stop (thinking_delta, text_delta, input_json_delta), message_delta (stop_reason
   and usage), message_stop.
 - Upstream error bodies are rewritten in Anthropic's error shape, with the same status.
 """
@@ -27,9 +31,10 @@ import orjson
 from ..errors import InvalidRequest, UpstreamFailure, anthropic_error_body
 from ..sse import DONE, SSEParser, encode_event
 from ..tokens import CompletionCounter
-from ..types import RelayRequest, Target, UpstreamRequest, Usage
+from ..types import ModelReasoning, RelayRequest, Target, UpstreamRequest, Usage
 from .base import Adapter
 from .openai import usage_from_openai
+from .thinking import openai_effort
 
 __all__ = ["MessagesOverChat", "MessagesStream", "from_openai_completion", "to_openai_chat"]
 
@@ -146,7 +151,9 @@ def _tool_choice(choice: Any) -> tuple[Any, bool | None]:
     raise InvalidRequest("tool_choice: type must be auto, any, tool or none.", param="tool_choice")
 
 
-def to_openai_chat(body: Mapping[str, Any], model: str, stream: bool) -> dict[str, Any]:
+def to_openai_chat(
+    body: Mapping[str, Any], model: str, stream: bool, reasoning: ModelReasoning | None = None
+) -> dict[str, Any]:
     """An Anthropic Messages request body -> an OpenAI chat/completions body."""
     messages: list[dict[str, Any]] = []
     system = body.get("system")
@@ -171,6 +178,9 @@ def to_openai_chat(body: Mapping[str, Any], model: str, stream: bool) -> dict[st
     metadata = body.get("metadata")
     if isinstance(metadata, Mapping) and isinstance(metadata.get("user_id"), str):
         out["user"] = metadata["user_id"]
+    effort = openai_effort(body.get("thinking"), body.get("output_config"), reasoning or ModelReasoning())
+    if effort is not None:
+        out["reasoning_effort"] = effort
     tools = []
     for i, tool in enumerate(body.get("tools") or ()):
         if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str):
@@ -203,10 +213,18 @@ def to_anthropic_usage(u: Usage | None) -> dict[str, int]:
     """Anthropic counts cached input apart from input_tokens; OpenAI's prompt_tokens includes it."""
     if u is None:
         return {"input_tokens": 0, "output_tokens": 0}
-    out = {"input_tokens": u.prompt_tokens - u.cached_tokens, "output_tokens": u.completion_tokens}
+    out = {"input_tokens": u.prompt_tokens - u.cached_tokens - u.cache_write_tokens, "output_tokens": u.completion_tokens}
+    if u.cache_write_tokens:
+        out["cache_creation_input_tokens"] = u.cache_write_tokens
     if u.cached_tokens:
         out["cache_read_input_tokens"] = u.cached_tokens
     return out
+
+
+def _reasoning_of(obj: Mapping[str, Any]) -> Any:
+    """A chat message's or delta's reasoning text: `reasoning_content` (DeepSeek, Qwen) or `reasoning`."""
+    value = obj.get("reasoning_content")
+    return value if value is not None else obj.get("reasoning")
 
 
 def _usage(obj: Any) -> Usage | None:
@@ -216,6 +234,9 @@ def _usage(obj: Any) -> Usage | None:
         cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
         if isinstance(cached, int) and 0 < cached <= usage.prompt_tokens:
             usage.cached_tokens = cached
+        written = obj.get("cache_creation_input_tokens")  # an OpenAI-compatible proxy in front of Claude
+        if isinstance(written, int) and 0 < written <= usage.prompt_tokens - usage.cached_tokens:
+            usage.cache_write_tokens = written
     return usage
 
 
@@ -235,6 +256,9 @@ def from_openai_completion(obj: Mapping[str, Any], model: str) -> tuple[dict[str
     choice = choices[0] if isinstance(choices[0], Mapping) else {}
     msg = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = _reasoning_of(msg)
+    if isinstance(reasoning, str) and reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = msg.get("content")
     if isinstance(text, str) and text:
         content.append({"type": "text", "text": text})
@@ -273,7 +297,7 @@ class MessagesStream:
 
     __slots__ = (
         "usage", "done", "events", "_parser", "_text", "_model", "_id", "_started", "_block", "_blocks",
-        "_tools", "_finish",
+        "_tools", "_finish", "_thinking",
     )
 
     def __init__(self, model: str, message_id: str | None = None) -> None:
@@ -289,6 +313,7 @@ class MessagesStream:
         self._blocks = 0  # content blocks started so far
         self._tools: dict[int, int] = {}  # OpenAI tool_calls index -> content block index
         self._finish: str | None = None
+        self._thinking: int | None = None  # the index of the last thinking block
 
     @property
     def completion(self) -> CompletionCounter:
@@ -356,9 +381,16 @@ class MessagesStream:
             if not isinstance(choice, Mapping):
                 continue
             delta = choice.get("delta") or {}
+            thought = _reasoning_of(delta)
+            if isinstance(thought, str) and thought:
+                if self._block is None or self._block != self._thinking:
+                    self._thinking = self._open_block({"type": "thinking", "thinking": "", "signature": ""}, out)
+                self._text.add(orjson.dumps(thought)[1:-1])
+                out.append(_event("content_block_delta",
+                                  {"index": self._block, "delta": {"type": "thinking_delta", "thinking": thought}}))
             text = delta.get("content")
             if isinstance(text, str) and text:
-                if self._block is None or self._block in self._tools.values():
+                if self._block is None or self._block in self._tools.values() or self._block == self._thinking:
                     self._open_block({"type": "text", "text": ""}, out)
                 self._text.add(orjson.dumps(text)[1:-1])
                 out.append(_event("content_block_delta",
@@ -406,7 +438,8 @@ class MessagesOverChat:
         self._inner = inner
 
     def build_request(self, req: RelayRequest, target: Target) -> UpstreamRequest:
-        body = to_openai_chat(req.json or {}, req.model, req.stream)
+        reasoning = target.reasoning.for_model(target.upstream_model)
+        body = to_openai_chat(req.json or {}, req.model, req.stream, reasoning)
         chat = dataclasses.replace(
             req, endpoint="chat/completions", body=orjson.dumps(body), json=body, dialect="openai",
             wants_usage=True, headers={},

@@ -37,7 +37,15 @@ def usage_from_openai(obj: Mapping[str, Any] | None) -> Usage | None:
         return None
     details = obj.get("prompt_tokens_details") or obj.get("input_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    return Usage(prompt, completion, "upstream", cached if isinstance(cached, int) and cached > 0 else 0)
+    usage = Usage(prompt, completion, "upstream", cached if isinstance(cached, int) and cached > 0 else 0)
+    # cache writes: the Responses API's input_tokens_details.cache_write_tokens, or the top-level
+    # cache_creation_input_tokens of OpenAI-compatible proxies in front of Claude (LiteLLM)
+    written = obj.get("cache_creation_input_tokens")
+    if written is None and isinstance(details, Mapping):
+        written = details.get("cache_write_tokens")
+    if isinstance(written, int) and 0 < written <= prompt - usage.cached_tokens:
+        usage.cache_write_tokens = written
+    return usage
 
 
 def _has_usage_object(block: bytes) -> bool:

@@ -119,6 +119,9 @@ def usage_from_chat(obj: Any) -> tuple[Usage | None, int]:
     cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
     if isinstance(cached, int) and 0 < cached <= prompt:
         usage.cached_tokens = cached
+    written = obj.get("cache_creation_input_tokens")  # an Anthropic upstream's cache writes (LiteLLM's name)
+    if isinstance(written, int) and 0 < written <= prompt - usage.cached_tokens:
+        usage.cache_write_tokens = written
     details = obj.get("completion_tokens_details")
     reasoning = details.get("reasoning_tokens") if isinstance(details, Mapping) else None
     return usage, reasoning if isinstance(reasoning, int) and reasoning > 0 else 0
@@ -129,7 +132,7 @@ def responses_usage(usage: Usage | None, reasoning_tokens: int = 0) -> dict[str,
         return None
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": usage.total_tokens,

@@ -313,7 +313,7 @@ async def test_every_admin_route_refuses_anything_but_the_admin_token(relay, htt
         {},
     ]
     for method, path in admin_routes(relay):
-        url = relay.url + path.replace("{id}", k["id"]).replace("{name}", "fake")
+        url = relay.url + path.replace("{id}", k["id"]).replace("{name}", "fake").replace("{index}", "0")
         for headers in wrong:
             a = await call(http, method, url, {"usd": 1, "name": "x"} if method in ("POST", "PATCH") else None,
                            headers={**headers, "Origin": "https://evil.example"})
@@ -331,7 +331,7 @@ async def test_every_admin_route_refuses_anything_but_the_admin_token(relay, htt
 async def test_admin_disabled_without_token(relay_factory, http):
     relay = await relay_factory()
     for method, path in admin_routes(relay):
-        url = relay.url + path.replace("{id}", "cfg-test").replace("{name}", "fake")
+        url = relay.url + path.replace("{id}", "cfg-test").replace("{name}", "fake").replace("{index}", "0")
         for headers in ({"Authorization": "Bearer anything"}, {"Authorization": f"Bearer {CLIENT_KEY}"}, {}):
             a = await call(http, method, url, {} if method in ("POST", "PATCH") else None, headers=headers)
             err = assert_error(a, 403, "admin_disabled")

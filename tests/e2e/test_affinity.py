@@ -120,9 +120,9 @@ async def test_models_carry_their_vendor_and_endpoint_types(relay_factory: Any, 
         models = {m.id: m.model_dump() for m in (await c.models.list()).data}
         one = (await c.models.retrieve("deepseek-chat")).model_dump()
     assert models["demo"]["owned_by"] == "openai"
-    assert models["demo"]["supported_endpoint_types"] == ["openai", "anthropic", "openai-response"]
-    assert models["text-embedding-3-small"]["supported_endpoint_types"] == ["embeddings"]
+    assert models["demo"]["supported_endpoint_types"] == ["openai", "anthropic", "openai-response", "gemini"]
+    assert models["text-embedding-3-small"]["supported_endpoint_types"] == ["embeddings", "gemini"]
     assert models["dall-e-3"]["supported_endpoint_types"] == ["image-generation"]
     assert one["owned_by"] == "deepseek"
     # an upstream without a Responses API still gets Responses clients, translated onto its chat
-    assert one["supported_endpoint_types"] == ["openai", "anthropic", "openai-response"]
+    assert one["supported_endpoint_types"] == ["openai", "anthropic", "openai-response", "gemini"]

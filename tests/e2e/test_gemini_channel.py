@@ -110,8 +110,9 @@ async def test_tools_round_trip(env: Env) -> None:
     ])
     assert second.choices[0].message.content == 'The tool said: {"temp_c":21,"sky":"clear"}'
     contents = env.records[-1].body["contents"]
-    assert contents[1] == {"role": "model", "parts": [
-        {"functionCall": {"name": "get_weather", "args": {"location": "Paris", "unit": "c"}}}]}
+    assert contents[1] == {"role": "model", "parts": [  # the thought signature goes back with its call
+        {"functionCall": {"name": "get_weather", "args": {"location": "Paris", "unit": "c"}},
+         "thoughtSignature": gem.SIGNATURE}]}
     assert contents[2] == {"role": "user", "parts": [
         {"functionResponse": {"name": "get_weather", "response": {"temp_c": 21, "sky": "clear"}}}]}
 

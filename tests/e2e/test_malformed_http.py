@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiohttp
 import orjson
 import pytest
 
@@ -64,3 +65,21 @@ async def test_a_flood_of_garbage_logs_one_line(relay: Relay, caplog) -> None:
         assert raw.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400"))
     lines = [r for r in caplog.records if "malformed request" in r.getMessage()]
     assert len(lines) <= 1
+
+
+MULTIPART_BAD = [
+    b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b\r\nBad Header Line\r\n\r\nxx\r\n--b--\r\n",
+    b"--b\r\n\x00\x01\x02\r\n\r\n--b--\r\n",
+    b"garbage without a boundary",
+]
+
+
+@pytest.mark.parametrize("body", MULTIPART_BAD, ids=["bad-part-header", "binary-part-header", "no-boundary"])
+async def test_a_malformed_multipart_upload_is_a_400(relay: Relay, body: bytes) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+        relay.v1 + "/audio/transcriptions", data=body,
+        headers={"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "multipart/form-data; boundary=b"},
+    ) as resp:
+        assert resp.status == 400  # not a 500 the SDK would retry
+        err = (await resp.json())["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == "invalid_multipart"

@@ -594,23 +594,3 @@ async def test_active_streams_gauge_counts_open_streams(relay, upstream, http):
 async def test_healthz(relay, http):
     async with http.get(relay.url + "/healthz") as resp:
         assert resp.status == 200
-
-
-async def test_status_page_shows_availability_and_accounts_out_of_rotation(relay, upstream, sdk, http):
-    client = sdk(relay)
-    upstream.script["acct-1"] = [status(401)]
-    for _ in range(5):
-        await ask(client, prompt("s"))
-    assert not upstream.script["acct-1"]
-    await ledger_rows(relay.database, 5)
-
-    async with http.get(relay.url + "/status") as resp:  # no key needed
-        assert resp.status == 200
-        assert resp.content_type == "text/html"
-        page = await resp.text()
-    assert "demo" in page
-    row = page[page.index("<td>demo</td>"):]
-    row = row[: row.index("</tr>")]
-    assert "100.00%" in row, row
-    assert "account 1" in page and "disabled" in page
-    assert "acct-" not in page and CLIENT_KEY not in page and upstream.url not in page

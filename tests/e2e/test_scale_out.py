@@ -69,7 +69,7 @@ async def write_config(tmp_path: Path, processes: Processes, database: str, pref
         "channels": [{"name": "fake", "type": "openai", "base_url": upstream,
                       "keys": ["acct-0", "acct-1", "acct-2"], "models": ["demo"]}],
         "prices": PRICES,
-        "ledger": {"flush_interval": 0.05},
+        "ledger": {"flush_interval": 0.05, "journal_dir": str(tmp_path / "journal")},
         "limits": {"backend": "redis", "redis_url": REDIS_URL, "prefix": prefix},
         "billing": {"lease_ttl": LEASE_TTL},
         "log_level": "warning",
@@ -264,9 +264,14 @@ async def test_kill_9_of_one_relay_keeps_the_books_and_its_slice_returns_after_t
 
     killed_at = time.monotonic()
     port_a = a.rsplit(":", 1)[1]
+    # what A served but had not flushed is in its journal: B, on the same machine, writes it within a second
+    while any(f"%3A{port_a}%3A" in p.name for p in (tmp_path / "journal").glob("*.journal")):
+        assert time.monotonic() - killed_at < 10, "the killed relay's journal was not written by the other"
+        await asyncio.sleep(0.05)
     now = await books(database)
     assert_books_whole(now)  # what was written is whole: rows and spent in one transaction
     spent_before = now[key_id][1]
+    assert spent_before >= served["a"] * UNIT  # every request A answered is charged
     assert await held_by(database, key_id, port_a) > UNIT, "the killed relay held no slice of the balance"
 
     # the dead relay's slice is held until its lease expires, then relay B may spend it all

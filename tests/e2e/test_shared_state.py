@@ -99,7 +99,7 @@ def resting(acc: Account) -> bool:
 async def test_an_account_refused_to_one_relay_is_skipped_by_the_other_within_a_second(
     relay_factory: RelayFactory, upstream: Upstream, prefix: str, http: aiohttp.ClientSession
 ) -> None:
-    a, b = await pair(relay_factory, prefix)
+    a, b = await pair(relay_factory, prefix, status={"show_channels": True})
     upstream.script["acct-1"] = [fake.status(401)] * 50  # any request that reaches it is recorded
     await until_hit(http, a, upstream, "acct-1")
     assert account(a, "acct-1").disabled
@@ -111,8 +111,9 @@ async def test_an_account_refused_to_one_relay_is_skipped_by_the_other_within_a_
     async with http.get(b.url + "/metrics") as r:
         text = await r.text()
     assert 'relay_accounts_out_of_rotation{channel="fake",state="disabled"} 1.0' in text
-    async with http.get(b.url + "/status") as r:
-        assert "fake account 1: disabled" in await r.text()
+    async with http.get(b.url + "/status.json") as r:  # the status page names accounts with show_channels
+        (channel,) = (await r.json())["channels"]
+    assert channel["name"] == "fake" and channel["accounts_out"] == [{"index": 1, "state": "disabled"}]
 
 
 async def test_a_rate_limited_account_rests_on_both_relays_until_its_retry_after(

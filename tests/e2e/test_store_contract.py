@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from relay.storage import Storage, make_store
+from relay.store_api import BucketCount
 from relay.types import KeyRecord, UsageRecord
 from tests.pg import pg_database
 
@@ -321,3 +322,46 @@ async def test_write_usage_pays_from_the_holders_lease(store: Storage) -> None:
     await store.write_usage([row(6, cost_usd=1.0)])
     assert await store.leased("key_1") == 3.0 + 1.0
     assert (await store.get_key("key_1")).spent_usd == 3.0  # type: ignore[union-attr]
+
+
+async def test_spent_between_sums_one_key_in_a_half_open_window(store: Storage) -> None:
+    rows = [
+        row(1, ts=T0 - 1, cost_usd=4.0), row(2, ts=T0, cost_usd=0.5), row(3, ts=T0 + DAY - 1, cost_usd=0.25),
+        row(4, ts=T0 + DAY, cost_usd=8.0), row(5, ts=T0 + 5, key_id="key_2", cost_usd=16.0),
+    ]
+    assert await store.write_usage(rows) == 0
+    assert await store.spent_between("key_1", T0, T0 + DAY) == 0.75
+    assert await store.spent_between("key_1", T0 - DAY, T0 + 2 * DAY) == 12.75
+    assert await store.spent_between("key_2", T0, T0 + DAY) == 16.0
+    assert await store.spent_between("nobody", T0, T0 + DAY) == 0.0
+async def test_buckets_written_by_two_processes_add_up(open_store: OpenStore) -> None:
+    one, two = await open_store(), await open_store()  # two processes on one database
+    start = int(T0)
+    await asyncio.gather(
+        one.add_buckets([BucketCount("model", "m", start, 3, 1, 30.0, 3), BucketCount("channel", "c", start, 3, 1, 30.0, 3)]),
+        two.add_buckets([BucketCount("model", "m", start, 5, 0, 50.0, 5), BucketCount("model", "m", start + 60, 0, 2)]),
+    )
+    await one.add_buckets([BucketCount("model", "m", start, 1, 1, 10.0, 1)])
+    got = await two.buckets_since(start, 60)
+    assert got == [
+        BucketCount("channel", "c", start, 3, 1, 30.0, 3),
+        BucketCount("model", "m", start, 9, 2, 90.0, 9),
+        BucketCount("model", "m", start + 60, 0, 2, 0.0, 0),
+    ]
+    # read with wider buckets, the rows fold into them; from a later start, earlier rows are left out
+    assert await one.buckets_since(start, 300) == [
+        BucketCount("channel", "c", start, 3, 1, 30.0, 3), BucketCount("model", "m", start, 9, 4, 90.0, 9),
+    ]
+    assert await one.buckets_since(start + 1, 60) == [BucketCount("model", "m", start + 60, 0, 2, 0.0, 0)]
+    totals = await one.bucket_totals([start + 60, start])
+    assert totals == {("model", "m"): [(0, 2), (9, 4)], ("channel", "c"): [(0, 0), (3, 1)]}
+
+
+async def test_pruning_removes_only_buckets_older_than_the_cut(store: Storage) -> None:
+    day = int(DAY)
+    rows = [BucketCount("model", "m", int(T0) + i * day, 1, 0) for i in range(100)]
+    await store.add_buckets(rows)
+    assert await store.prune_buckets(int(T0) + 10 * day) == 10
+    assert await store.prune_buckets(int(T0) + 10 * day) == 0
+    left = await store.buckets_since(0, day)
+    assert len(left) == 90 and left[0].start == int(T0) + 10 * day

@@ -224,7 +224,7 @@ async def test_probes_of_a_round_are_spread_and_an_out_account_is_probed_sooner(
 def test_health_section_defaults_and_errors_name_the_path() -> None:
     base = {"channels": [{"name": "c", "base_url": "http://x", "keys": ["k"], "models": ["m1", "m2"]}]}
     cfg = parse_config(base, {})
-    assert cfg.health == HealthConfig() and cfg.health.interval == 60 and cfg.channels[0].test_model == "m1"
+    assert cfg.health == HealthConfig() and cfg.health.interval == 60 and cfg.channels[0].test_model is None  # probes then use the first model
     cfg = parse_config({**base, "health": {"interval": 5, "webhook_url": "https://ops.example/hook",
                                            "error_keywords": ["Out Of Credit"]}}, {})
     assert cfg.health.interval == 5 and cfg.health.error_keywords == ("out of credit",)

@@ -191,7 +191,8 @@ def test_text_response_and_usage() -> None:
     body, usage = ADAPTER.parse_response(req({"messages": [U]}), 200, raw)
     doc = orjson.loads(body)
     assert doc["object"] == "chat.completion" and doc["model"] == "gemini-2.5-flash" and doc["id"] == "chatcmpl-abc"
-    assert doc["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": None},
+    assert doc["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": None,
+                                                       "reasoning_content": "thinking..."},
                                "logprobs": None, "finish_reason": "stop"}]
     assert doc["usage"]["prompt_tokens"] == 10 and doc["usage"]["completion_tokens"] == 10
     assert doc["usage"]["total_tokens"] == 20 and doc["usage"]["prompt_tokens_details"] == {"cached_tokens": 3}

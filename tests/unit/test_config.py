@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, load_config, parse_config
+from relay.config import ConfigError, load_config, mask_proxy, parse_config
 
 BASE = """
 server: {host: 127.0.0.1, port: ${PORT:-8080}}
@@ -112,3 +112,42 @@ def test_database_may_be_a_postgresql_url_with_its_password_from_the_environment
     assert short.database == "postgres://relay:pw@db.internal:5432/relay"
     with pytest.raises(ConfigError, match=r"^database: .*not a mysql:// URL"):
         load_config(write(tmp_path, text.replace("postgresql://", "mysql://")), env={"K1": "x", "PGPASS": "pw"})
+
+
+def _channel(**extra: object) -> dict[str, object]:
+    return {"channels": [{"name": "c", "base_url": "https://api.example.com/v1", "keys": ["k"], "models": ["m"], **extra}]}
+
+
+def test_channel_proxy_and_rerank_path() -> None:
+    cfg = parse_config(_channel(proxy="http://u:p%40ss@proxy.internal:3128", rerank_path="/v2/rerank"), env={})
+    ch = cfg.channels[0]
+    assert ch.proxy == "http://u:p%40ss@proxy.internal:3128" and ch.rerank_path == "/v2/rerank"
+    assert "p%40ss" not in repr(ch) and "p%40ss" not in repr(cfg)
+    assert mask_proxy(ch.proxy) == "http://***@proxy.internal:3128"
+    assert mask_proxy("http://proxy.internal:3128") == "http://proxy.internal:3128"
+    assert parse_config(_channel(proxy="env"), env={}).channels[0].proxy == "env"
+    assert parse_config(_channel(), env={}).channels[0].proxy is None
+
+
+@pytest.mark.parametrize("proxy", ["socks5://u:hunter2@h:1", "http://u:hunter2@h:notaport", "hunter2", "http://u:hunter2@h:1/x"])
+def test_a_bad_proxy_is_refused_without_echoing_it(proxy: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(_channel(proxy=proxy), env={})
+    assert str(e.value).startswith("channels[0].proxy:") and "hunter2" not in str(e.value)
+
+
+def test_per_request_price_and_a_bad_rerank_path() -> None:
+    cfg = parse_config({"prices": {"rr": {"per_request": 0.002}}}, env={})
+    assert cfg.prices["rr"].per_request == 0.002
+    with pytest.raises(ConfigError, match=r"channels\[0\].rerank_path"):
+        parse_config(_channel(rerank_path="rerank"), env={})
+
+
+def test_ledger_journal_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), env={})
+    assert cfg.ledger.journal is True and cfg.ledger.journal_dir is None  # default: by the database
+    cfg = load_config(write(tmp_path, BASE + "ledger: {journal: false, journal_dir: var/journal}\n"), env={})
+    assert cfg.ledger.journal is False
+    assert cfg.ledger.journal_dir == str((tmp_path / "var" / "journal").resolve())  # relative to the config file
+    with pytest.raises(ConfigError, match=r"^ledger\.journal: "):
+        parse_config({"ledger": {"journal": "sometimes"}}, {})

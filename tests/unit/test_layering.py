@@ -9,13 +9,16 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 
 # Each module may import only modules listed before it (adapters count as one layer).
 ORDER = [
-    "types", "tasks", "quiet_log", "access_log", "redact", "client_addr", "config_yaml", "config_health", "config", "config_check",
-    "errors", "endpoints", "admin_openapi", "sse", "tokens", "usage", "billing", "balances", "limits", "limits_redis",
-    "health", "adapters", "probes", "metrics",
-    "store_api", "store_schema", "store", "store_pg_schema", "store_pg", "storage", "auth", "router",
-    "health_redis", "bindings", "bindings_redis", "upstream", "prober", "health_webhook", "health_service", "ledger",
-    "proxy", "web_api", "web_ops", "web_admin_guard", "web_admin", "web_admin_health", "workers", "middleware", "http_server", "app",
-    "dbcopy", "cli_channels", "cli",
+    "types", "tasks", "quiet_log", "access_log", "redact", "client_addr", "config_yaml", "egress", "config_health",
+    "config_reasoning", "admin_schema", "config", "config_check", "errors", "endpoints", "secretbox", "admin_openapi",
+    "sse", "tokens", "tokens_messages", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters",
+    "probes", "metrics",
+    "store_api", "store_spend", "store_schema", "store_buckets", "store_channels", "store", "store_pg_schema",
+    "store_pg_buckets", "store_pg_channels", "store_pg", "storage", "auth", "keys", "router", "channels",
+    "channel_watch", "health_redis", "bindings", "bindings_redis", "upstream", "prober", "health_webhook",
+    "health_service", "journal", "ledger", "availability", "proxy", "web_api", "web_gemini", "web_billing",
+    "status_page", "status_data", "web_ops", "web_admin_guard", "web_admin", "web_admin_channels", "web_admin_health",
+    "workers", "middleware", "http_server", "app", "dbcopy", "cli_channels", "cli",
 ]
 ONLY_IN = {
     "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},

@@ -1,0 +1,38 @@
+"""A key's spending over a window of time, read from the ledger: the same method for both stores.
+
+Mixins, so store.py and store_pg.py (each at its size limit) stay as they are; they run on the store's own
+connection (`db`, aiosqlite) or pool (`pool`, asyncpg) and import neither library. Both queries are one
+range scan of the usage(key_id, ts) index.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["PgSpend", "SqliteSpend"]
+
+
+class _HasDb(Protocol):
+    @property
+    def db(self) -> Any: ...
+
+
+class _HasPool(Protocol):
+    @property
+    def pool(self) -> Any: ...
+
+
+class SqliteSpend:
+    async def spent_between(self: _HasDb, key_id: str, since: float, until: float) -> float:
+        """USD the key spent on requests that arrived in [since, until) (unix seconds)."""
+        sql = "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE key_id = ? AND ts >= ? AND ts < ?"
+        async with self.db.execute(sql, (key_id, since, until)) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
+
+
+class PgSpend:
+    async def spent_between(self: _HasPool, key_id: str, since: float, until: float) -> float:
+        """USD the key spent on requests that arrived in [since, until) (unix seconds)."""
+        sql = "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE key_id = $1 AND ts >= $2 AND ts < $3"
+        return float(await self.pool.fetchval(sql, key_id, float(since), float(until)))
