@@ -5,9 +5,11 @@ ended: never a body, never a whole key, never a query string (Gemini clients may
 notes what only it knows (model, end reason, time to first token) on the request; the app's middleware
 writes the line when the handler is done, for every request, relayed or refused.
 
-A line is on the path of every request, so it is cheap: formatted once by the relay into one string and
-handed to the logging handlers as a ready record (no caller lookup, no arguments to format again), and the
-handler's timestamp is formatted once a second (`LineFormatter`), not once a line.
+A line is on the path of every request, so it is cheap: formatted once into one string, timestamp included
+(formatted once a second, `LineFormatter`), and written by the one handler `relay serve` sets up, under its
+lock, as it would write the record: the same bytes without logging's record, filters and formatting per
+line. When logging is set up otherwise (more handlers, filters: a test's log capture), the line goes
+through logging as a ready record instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
-__all__ = ["ACCESS", "AccessLog", "AccessNote", "LineFormatter"]
+__all__ = ["ACCESS", "LOG_FORMAT", "AccessLog", "AccessNote", "LineFormatter"]
 
 
 @dataclass(slots=True)
@@ -65,8 +67,42 @@ class AccessLog:
                 request_id, note.key_prefix or "-", request.remote or "-", request.method, path, note.model or "-",
                 status, note.end_reason or "-", latency, "-" if ttft is None else ttft,
             )
+        handler = _only_handler()
+        if handler is not None:  # logging as the relay sets it up: the line the handler would write, written
+            now = time.time()
+            text = "%s INFO relay.access: %s\n" % (handler.formatter.stamp(now), line)  # type: ignore[union-attr]
+            try:
+                with handler.lock:  # type: ignore[union-attr]
+                    handler.stream.write(text)
+                    handler.stream.flush()
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler reports it
+                handler.handleError(log.makeRecord(_NAME, logging.INFO, _FILE, 0, line, (), None))
+            return
         # the record log.info would make, less its caller lookup (a walk up the stack: no format shows it)
         log.handle(log.makeRecord(_NAME, logging.INFO, _FILE, 0, line, (), None))
+
+
+def _only_handler() -> logging.StreamHandler | None:  # type: ignore[type-arg]
+    """The one handler a line reaches when logging is as `relay serve` sets it up (one StreamHandler on the
+    root logger with a LineFormatter of the relay's format, no filters on the way), else None: then the line
+    goes through logging itself (other handlers, filters, a test's log capture see it as any record)."""
+    c: logging.Logger | None = log
+    while c is not None and not c.handlers and not c.filters and c.propagate:
+        c = c.parent
+    if c is None or c.parent is not None or c.filters or len(c.handlers) != 1:
+        return None  # a handler or filter below the root, or not exactly one handler on it
+    h = c.handlers[0]
+    f = h.formatter
+    if (type(h) is not logging.StreamHandler or h.filters or h.level > logging.INFO or type(f) is not LineFormatter
+            or f._fmt != LOG_FORMAT):  # noqa: SLF001
+        return None
+    return h
+
+
+# the relay's log line (relay.app.configure_logging)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class LineFormatter(logging.Formatter):
@@ -79,11 +115,16 @@ class LineFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None or self.datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        """The default timestamp of a record made at `created` (time.time())."""
+        second = int(created)
         if second != self._second:
-            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._stamp = time.strftime(self.default_time_format, self.converter(created))
             self._second = second
-        return "%s,%03d" % (self._stamp, record.msecs)  # logging.Formatter.default_msec_format
+        # logging.Formatter.default_msec_format, with the milliseconds LogRecord computes
+        return "%s,%03d" % (self._stamp, int((created - second) * 1000))
 
 
 _NONE = AccessNote()

@@ -24,7 +24,7 @@ from .availability import AvailabilityRecorder
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
-from .access_log import AccessLog, LineFormatter
+from .access_log import LOG_FORMAT, AccessLog, LineFormatter
 from .bindings_redis import RedisBindings
 from .client_addr import ClientAddress
 from .channel_watch import ChannelWatch
@@ -350,7 +350,7 @@ _QUIET_LOGGERS = ("aiosqlite", "asyncpg", "aiohttp.access", "aiohttp.internal", 
 
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)  # its timestamp formatted once a second (the access log's lines)
-    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(LineFormatter(LOG_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     root = logging.getLogger()
     root.setLevel(level.upper())
