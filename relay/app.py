@@ -259,6 +259,10 @@ async def _serve(
         runner.app[METRICS].worker_restarts(restarts)  # type: ignore[union-attr]
     models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
     log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)
+    if slot == 0 and (restarts is None or restarts() == 0):
+        # once the start can no longer fail (a config error is then its one line), by one worker, once
+        for line in config_check.warnings(cfg, host):
+            log.warning("%s", line)
     gc.freeze()  # what startup built lives for the whole run: keep it out of every collection
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -284,13 +288,23 @@ def run(cfg: Config, host: str | None = None, port: int | None = None, workers: 
     port = cfg.server.port if port is None else port
     for name in cfg.skipped_channels:
         log.info("channel %s has no keys set: skipped", name)
+    tokenizer_s = _load_tokenizer()
     _check_port(host, port, reuse_port=workers > 1)
-    for line in config_check.warnings(cfg, host):  # after the checks that stop the start: one line then
-        log.warning("%s", line)
     if workers <= 1:
         _run_loop(_serve(cfg, host, port, 1))
         return 0
-    return _run_workers(cfg, host, port, workers)
+    return _run_workers(cfg, host, port, workers, tokenizer_s)
+
+
+def _load_tokenizer() -> float:
+    """Load and check the tokenizer once, in this process, before anything serves or forks; its seconds.
+
+    A damaged or missing tokenizer raises TokenizerError (a ConfigError): the start stops with its one line
+    (nothing said before it) instead of billing on estimates. Workers forked later share what was loaded.
+    """
+    loaded = time.monotonic()
+    tokens.preload()
+    return time.monotonic() - loaded
 
 
 def _check_port(host: str, port: int, reuse_port: bool) -> None:
@@ -303,20 +317,19 @@ def _check_port(host: str, port: int, reuse_port: bool) -> None:
             raise ConfigError(f"server.port: cannot listen on {host}:{port} ({e.strerror})") from None
 
 
-def _run_workers(cfg: Config, host: str, port: int, workers: int) -> int:
+def _run_workers(cfg: Config, host: str, port: int, workers: int, tokenizer_s: float = 0.0) -> int:
     """N processes on one port (SO_REUSEPORT) under a supervisor that restarts them (relay/workers.py).
 
-    What is read-only and costly is loaded here, once, before the first fork: the tokenizer (80-94 MB of
-    vocabularies) and the modules a worker would import. gc.freeze() then moves every object the parent
-    holds out of the collector's reach, so no collection in a worker writes to those pages and they stay
-    shared copy-on-write: an extra worker costs its own heap, not another copy of all that.
+    What is read-only and costly is loaded once, before the first fork: the tokenizer (about 75 MB for both
+    encodings, loaded by run()) and, here, the modules a worker would import. gc.freeze() then moves every
+    object the parent holds out of the collector's reach, so no collection in a worker writes to those pages
+    and they stay shared copy-on-write: an extra worker costs its own heap, not another copy of all that.
     """
     gc.collect()  # the garbage of startup, freed before the freeze: its holes are refilled by what follows
     gc.disable()  # and no collection between here and the forks leaves new holes in shared pages
-    loaded = time.monotonic()
-    tokens.preload()
+    tokens.preload()  # loaded by run(): a cache hit
     _import_uvloop()
-    log.info("tokenizer loaded in %.2f s (pid %d), shared by %d workers", time.monotonic() - loaded, os.getpid(), workers)
+    log.info("tokenizer loaded in %.2f s (pid %d), shared by %d workers", tokenizer_s, os.getpid(), workers)
     restarts = RestartCounter()
     gc.freeze()
     gc.enable()  # collections skip the frozen objects, in the parent and in every worker

@@ -73,7 +73,8 @@ def _usage_batches(db: sqlite3.Connection) -> Iterator[Sequence[tuple[Any, ...]]
     present = {r[1] for r in db.execute("PRAGMA table_info(usage)")}
     # a ledger from before billing has no cost_usd: its rows cost 0, as the SQLite store reads them
     # (nor, before version 5, the cache token counts: none were recorded, 0)
-    select = ", ".join(c if c in present else f"{'0.0' if c == 'cost_usd' else '0'} AS {c}" for c in USAGE_COLUMNS)
+    missing = {"cost_usd": "0.0", "client": "NULL"}  # what an older file's rows lack (default: 0)
+    select = ", ".join(c if c in present else f"{missing.get(c, '0')} AS {c}" for c in USAGE_COLUMNS)
     cur = db.execute(f"SELECT {select} FROM usage ORDER BY id")
     while batch := cur.fetchmany(BATCH):
         yield batch

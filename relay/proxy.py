@@ -57,7 +57,7 @@ class _Trace:
 
     __slots__ = (
         "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
-        "limits", "limit_tokens", "acc", "exhausted",
+        "limits", "limit_tokens", "acc", "exhausted", "client",
     )
 
     def __init__(self) -> None:
@@ -74,6 +74,7 @@ class _Trace:
         self.limit_tokens = 0  # the token estimate the limits (and the account's budget) admitted
         self.acc: Account | None = None  # the account of the last attempt
         self.exhausted = False  # no account could serve (every one failed, rested or was rate limited)
+        self.client: str | None = None  # the client's address (behind trusted proxies: the one they forward)
 
 
 class Proxy:
@@ -119,6 +120,7 @@ class Proxy:
 
     async def relay(self, request: web.Request, req: RelayRequest) -> web.StreamResponse:
         trace = _Trace()
+        trace.client = request.remote
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
@@ -163,6 +165,7 @@ class Proxy:
         """A request the relay answers itself (a token count on a channel that has none): the key's request
         limits apply; nothing is relayed or billed, and its ledger row counts no tokens."""
         trace = _Trace()
+        trace.client = request.remote
         trace.usage = Usage(0, 0, "estimate")
         try:
             limits = Limits.of(req.key)
@@ -416,7 +419,8 @@ class Proxy:
     # -- accounting ---------------------------------------------------------------------------------------
 
     def record_rejected(
-        self, request_id: str, key_id: str, endpoint: str, model: str, status: int, started: float
+        self, request_id: str, key_id: str, endpoint: str, model: str, status: int, started: float,
+        client: str | None = None,
     ) -> None:
         """A request of a known key refused before it was relayed (bad body, unknown model...)."""
         req = RelayRequest(
@@ -424,7 +428,7 @@ class Proxy:
             wants_usage=False, key=KeyRecord(key_id, "", "", ""), started=started,
         )
         trace = _Trace()
-        trace.status, trace.end_reason = status, "rejected"
+        trace.status, trace.end_reason, trace.client = status, "rejected", client
         self._record(req, trace)
 
     def _record(self, req: RelayRequest, trace: _Trace) -> None:
@@ -462,6 +466,7 @@ class Proxy:
                 cost_usd=cost,
                 cache_read_tokens=usage.cached_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
+                client=trace.client,
             )
         )
         self._metrics.observe_request(

@@ -123,4 +123,7 @@ ALTER TABLE usage ADD COLUMN IF NOT EXISTS cache_read_tokens bigint NOT NULL DEF
 ALTER TABLE usage ADD COLUMN IF NOT EXISTS cache_write_tokens bigint NOT NULL DEFAULT 0 CHECK (cache_write_tokens >= 0);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+# The client's address of each request (behind trusted proxies, the one they forward).
+_V8 = "ALTER TABLE usage ADD COLUMN IF NOT EXISTS client text"
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)

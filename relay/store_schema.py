@@ -117,4 +117,7 @@ _V7 = (
     "ALTER TABLE usage ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0 CHECK (cache_write_tokens >= 0)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5, _V6, _V7)
+# Version 8: the client's address of each request (behind trusted proxies, the one they forward).
+_V8 = ("ALTER TABLE usage ADD COLUMN client TEXT",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, (COST_COLUMN,), _V3, _V4, _V5, _V6, _V7, _V8)

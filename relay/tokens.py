@@ -1,8 +1,10 @@
 """Token counts with OpenAI's own tokenizers, for requests whose upstream reported no usage.
 
-The o200k_base and cl100k_base BPE ranks ship inside the quicktok wheel (its ids are tiktoken's, byte for
-byte), so counting never downloads anything. An encoding is loaded on first use (about 0.4 s and 80 MB
-for o200k_base) and kept for the life of the process; `preload` does it up front.
+The o200k_base and cl100k_base encodings are tiktoken's, built from the rank files shipped in the package
+(relay.tokenizer: sha256-checked, then checked against known counts), so counting never downloads
+anything. An encoding is loaded on first use (about 0.4 s for o200k_base) and kept for the life of the
+process; `preload` does it up front, and raises TokenizerError (a ConfigError) rather than let the relay
+bill on an estimate when the tokenizer is damaged or missing.
 
 Nothing here is on the per-event path: a stream hands the raw JSON string values its client received
 to a `CompletionCounter` in batches, which decodes and tokenizes them 16 KiB at a time and at the end, when
@@ -12,11 +14,12 @@ someone asks for the count.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
+
+from .tokenizer import CL100K, O200K, Encoder, TokenizerError, load
 
 __all__ = [
     "CompletionCounter",
@@ -25,11 +28,6 @@ __all__ = [
     "preload",
     "prompt_tokens",
 ]
-
-log = logging.getLogger("relay.tokens")
-
-O200K = "o200k_base"
-CL100K = "cl100k_base"
 
 # Models tokenized with cl100k_base (GPT-3.5, GPT-4 before 4o, the embedding models). Every other model,
 # OpenAI's newer ones and other vendors' alike, is counted with o200k_base: exact for gpt-4o, gpt-4.1,
@@ -54,10 +52,6 @@ _BATCH_BYTES = 16 * 1024
 _HOLD_CHARS = 64 * 1024
 
 
-class _Encoding(Protocol):
-    def count(self, text: str) -> int: ...
-
-
 def encoding_name(model: str) -> str:
     m = model.lower().rsplit("/", 1)[-1]
     if m.startswith(_CL100K_PREFIXES):
@@ -68,34 +62,27 @@ def encoding_name(model: str) -> str:
 
 
 @functools.cache
-def _encoding(name: str) -> _Encoding | None:
-    try:
-        import quicktok  # type: ignore[import-untyped]
-
-        enc: _Encoding = quicktok.get_encoding(name)
-    except Exception:  # a broken install must not lose the ledger row: fall back to bytes / 4
-        log.exception("tokenizer %s unavailable; counting about 4 bytes per token", name)
-        return None
-    return enc
+def _encoding(name: str) -> Encoder:
+    return load(name)  # raises TokenizerError (not cached: the next call tries again)
 
 
 def preload(*models: str) -> None:
-    """Load the encodings these models use (both when none is named), so no request waits for it."""
+    """Load and check the encodings these models use (both when none is named), so no request waits for it.
+
+    Raises TokenizerError when one cannot be loaded or fails its check: the relay must not start then.
+    """
     for name in {encoding_name(m) for m in models} if models else (O200K, CL100K):
         _encoding(name)
 
 
 def count_text(text: str, model: str) -> int:
-    """Tokens in text as the model's tokenizer counts it (special-token text counts as plain text)."""
+    """Tokens in text as the model's tokenizer counts it (special-token text counts as plain text).
+
+    A lone surrogate (from a \\ud83d escape) counts as U+FFFD.
+    """
     if not text:
         return 0
-    enc = _encoding(encoding_name(model))
-    if enc is None:
-        return (len(text.encode("utf-8", "replace")) + 3) // 4
-    try:
-        return enc.count(text)
-    except (TypeError, ValueError):  # a lone surrogate from a \ud83d escape: not UTF-8 as it stands
-        return enc.count(text.encode("utf-8", "replace").decode("utf-8"))
+    return len(_encoding(encoding_name(model)).encode_ordinary(text))
 
 
 # -- prompts ----------------------------------------------------------------------------------------------
@@ -108,7 +95,8 @@ class _Malformed(Exception):
 def prompt_tokens(endpoint: str, body: Mapping[str, Any] | None) -> int:
     """The prompt tokens of a request body, as the upstream would count them (about).
 
-    Any shape this does not understand is counted as one token per four bytes of its JSON; it never raises.
+    Any shape this does not understand is counted as one token per four bytes of its JSON; it never raises
+    once `preload` has succeeded.
     """
     if body is None:
         return 0
@@ -117,6 +105,8 @@ def prompt_tokens(endpoint: str, body: Mapping[str, Any] | None) -> int:
     try:
         model = body.get("model")
         return _prompt(endpoint, body, model if isinstance(model, str) else "")
+    except TokenizerError:
+        raise  # no tokenizer is no estimate: preload refuses to start without one
     except Exception:
         return _approx(body)
 

@@ -223,3 +223,4 @@ class UsageRecord:
     cost_usd: float = 0.0
     cache_read_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
     cache_write_tokens: int = 0  # of prompt_tokens: written to it
+    client: str | None = None  # the client's address (behind server.trusted_proxies: the one they forward)

@@ -130,7 +130,7 @@ def _relay_handler(deps: ApiDeps, ep: Endpoint) -> Handler:
             return await deps.proxy.relay(request, req)
         except RelayError as e:
             if not relayed:
-                deps.proxy.record_rejected(request[REQUEST_ID], key.id, endpoint, model, e.status, started)
+                deps.proxy.record_rejected(request[REQUEST_ID], key.id, endpoint, model, e.status, started, request.remote)
             raise
         finally:
             close_form(list(form))
@@ -203,7 +203,7 @@ def _stored_response_handler(deps: ApiDeps, ep: Endpoint, suffix: str) -> Handle
             if uid is None:
                 raise NotFound(f"No response found with id '{response_id}'.", param="response_id")
         except RelayError as e:
-            deps.proxy.record_rejected(request[REQUEST_ID], key.id, ep.name, "", e.status, started)
+            deps.proxy.record_rejected(request[REQUEST_ID], key.id, ep.name, "", e.status, started, request.remote)
             raise
         await request.read()  # a cancel's body, if any: the upstream takes none
         req = RelayRequest(
@@ -241,7 +241,7 @@ def _messages_handler(deps: ApiDeps, endpoint: str = "messages") -> Handler:
             model = validate_messages(data, max_tokens=not counting)
             _check_model(deps, key, model, ep)
         except RelayError as e:
-            deps.proxy.record_rejected(request[REQUEST_ID], key.id, ep.name, model, e.status, started)
+            deps.proxy.record_rejected(request[REQUEST_ID], key.id, ep.name, model, e.status, started, request.remote)
             raise
         headers = {h: v for h in _ANTHROPIC_HEADERS if (v := request.headers.get(h))}
         req = RelayRequest(

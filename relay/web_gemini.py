@@ -110,7 +110,7 @@ def _action_handler(deps: ApiDeps) -> Handler:
             _validate(method, data)
             local = _check_model(deps, key, model, ep, method)
         except RelayError as e:
-            deps.proxy.record_rejected(request[REQUEST_ID], key.id, endpoint, model, e.status, started)
+            deps.proxy.record_rejected(request[REQUEST_ID], key.id, endpoint, model, e.status, started, request.remote)
             raise
         req = RelayRequest(
             id=request[REQUEST_ID], endpoint=endpoint, model=model, body=body, json=data,

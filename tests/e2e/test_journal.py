@@ -65,7 +65,7 @@ async def test_kill_9_under_1000_in_flight_loses_no_answered_request(processes: 
         "client_keys": [{"name": "test", "key": CLIENT_KEY}],  # unlimited
         "channels": [{"name": "fake", "type": "openai", "base_url": upstream, "keys": ["acct-0"], "models": ["demo"]}],
         "prices": PRICES,
-        "ledger": {"flush_interval": 1.0},
+        "ledger": {"flush_interval": 30.0, "batch_size": 100000},  # nothing reaches the store before the kill
         "log_level": "warning",
     }))
     store = Store(str(db))

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ROOT, RelayFactory, Upstream
+from tests.conftest import ROOT, RelayFactory, Upstream, wait_ledger
 from tests.e2e.test_admin import ADMIN_TOKEN, create
 from tests.procs import free_port
 
@@ -128,6 +128,9 @@ async def test_client_address_comes_through_trusted_proxy(nginx, http) -> None:
     async with http.post(url + "/v1/chat/completions", json=body,
                          headers={"Authorization": f"Bearer {proxys}", "X-Forwarded-For": "127.0.0.2"}) as resp:
         assert resp.status == 403
+    # the ledger has the client's own address for the request it served, not nginx's
+    rows = await wait_ledger(relay.database, 1)  # type: ignore[attr-defined]
+    assert rows and {r["client"] for r in rows} == {"127.0.0.1"}
 
 
 async def test_plain_http_redirects_to_tls(nginx, http) -> None:

@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[2] / "relay"
 ORDER = [
     "types", "tasks", "quiet_log", "access_log", "redact", "client_addr", "config_yaml", "egress", "config_health",
     "config_reasoning", "admin_schema", "config", "config_check", "errors", "endpoints", "secretbox", "admin_openapi",
-    "sse", "tokens", "tokens_messages", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters",
+    "sse", "tokenizer", "tokens", "tokens_messages", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters",
     "probes", "metrics",
     "store_api", "store_spend", "store_schema", "store_buckets", "store_channels", "store", "store_pg_schema",
     "store_pg_buckets", "store_pg_channels", "store_pg", "storage", "auth", "keys", "router", "channels",
@@ -21,7 +21,7 @@ ORDER = [
     "workers", "middleware", "http_server", "app", "dbcopy", "cli_channels", "cli",
 ]
 ONLY_IN = {
-    "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},
+    "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "tiktoken": {"tokenizer"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},
 }
 
 
