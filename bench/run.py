@@ -194,9 +194,15 @@ def ledger_notes(logdir: Path, results: dict[str, TargetResult], prm: dict, scra
         # (and one chat and one Responses stream that count the frames of each)
         rs_warm = prm["st_warmup"] + prm["rounds"] * prm["round_warmup"] * prm["st_concurrency"] + 2
         warm_all = len(shared) * warm + sum(rs_warm for r in shared if r.rs)
+        sat = results.get("relay")
+        if sat is not None and sat.sat_ns:  # the saturated phase ran on the same relay process
+            sent += sat.sat_ns.get("ok", 0) + sat.sat_st.get("ok", 0)
+            warm_all += prm["ns_warmup"] + prm["st_warmup"] + prm["sat_rounds"] * prm["round_warmup"] * (
+                prm["sat_ns_concurrency"] + prm["sat_st_concurrency"])
         notes.append(
             f"relay ledger holds {rows} usage rows after the run ({sent} measured requests "
-            f"+ {warm_all} warm-up requests sent, relay and relay+limits together, Responses streams included)"
+            f"+ {warm_all} warm-up requests sent, relay and relay+limits together, Responses streams and the "
+            "saturated phase included)"
         )
     pg = results.get("relay+pg")
     book = scratch.ledger() if pg else None
@@ -260,7 +266,7 @@ def run_phases(args: argparse.Namespace, targets: list[str], prm: dict, logdir: 
             state["translated"] = bench_translated(logdir, prm, log)
         if "workers" not in phases:
             if "interleaved" in phases:
-                unmeasured["workers"] = "--no-workers"
+                unmeasured["workers"] = "--no-workers" if args.no_workers else "not in --phases"
         else:
             log(f"workers: {prm['wk_rounds']} rounds x --workers 1, 2, {prm['wk_requests']} requests each")
             state["workers"] = measure_workers(logdir, [1, 2], prm["wk_requests"], prm["wk_rate"],
