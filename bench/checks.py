@@ -15,9 +15,9 @@ from bench.procs import CPU_SUT, PY, ROOT, preexec
 
 __all__ = [
     "Check", "MAX_ADDED_TTFB_P99_MS", "MAX_CPU_RATIO", "MAX_PG_CPU_RATIO", "MAX_RSS_KB_PER_STREAM",
-    "MAX_RESPONSES_CPU_RATIO", "MAX_WORKER_PRIVATE_MB", "MAX_WORKERS_CPU_RATIO", "added_p99_paired", "cpu_per",
-    "cpu_ratio", "median", "pg_checks", "relay_checks", "responses_checks", "run_micro", "verdict",
-    "workers_checks",
+    "MAX_RESPONSES_CPU_RATIO", "MAX_SAT_ADDED_TTFB_P99_MS", "MAX_SAT_CPU_RATIO", "MAX_WORKER_PRIVATE_MB",
+    "MAX_WORKERS_CPU_RATIO", "added_p99_paired", "cpu_per", "cpu_ratio", "median", "pg_checks", "relay_checks",
+    "responses_checks", "run_micro", "saturated_checks", "verdict", "workers_checks",
 ]
 
 Check = tuple[bool | None, str]  # (True: PASS, False: FAIL, None: SKIP; the line of the report)
@@ -39,6 +39,9 @@ MAX_WORKERS_CPU_RATIO = 1.1  # CPU per request with N workers (parent and worker
 MAX_WORKER_PRIVATE_MB = 40.0  # private memory of each extra worker
 # relay CPU per Responses passthrough stream (POST /v1/responses, openai channel) over per chat passthrough stream
 MAX_RESPONSES_CPU_RATIO = 1.1
+# saturated closed loop (50 non-stream clients, 100 stream clients, flat out): relay over baseline
+MAX_SAT_CPU_RATIO = 1.4
+MAX_SAT_ADDED_TTFB_P99_MS = 5.0
 
 
 def median(values: list[float]) -> float | None:
@@ -107,6 +110,9 @@ def relay_checks(
     checks: dict[str, Check] = {}
     base, relay, direct = results.get("baseline"), results.get("relay"), results.get("direct")
     if not relay:
+        return checks
+    checks.update(saturated_checks(results))
+    if not relay.ns and not relay.st:  # the saturated phase alone
         return checks
 
     def ratio(unit, attr):
@@ -209,6 +215,36 @@ def relay_checks(
         checks.update(workers_checks(workers))
     elif unmeasured and "workers" in unmeasured:
         checks["workers_cpu"] = (None, f"--workers 2: not measured ({unmeasured['workers']})")
+    return checks
+
+
+def saturated_checks(results: dict[str, TargetResult]) -> dict[str, Check]:
+    """The saturated closed loop: relay against baseline (CPU) and against direct (added TTFB p99)."""
+    base, relay, direct = results.get("baseline"), results.get("relay"), results.get("direct")
+    if not relay or not relay.sat_ns:
+        return {}
+    checks: dict[str, Check] = {}
+    for name, attr, unit, what in (("sat_cpu_nonstream", "sat_ns", 10_000, "request"),
+                                   ("sat_cpu_stream", "sat_st", 1_000, "stream")):
+        r, b = getattr(relay, attr), getattr(base, attr) if base else {}
+        q = cpu_ratio(r, b) if b else None
+        ok = q is not None and q <= MAX_SAT_CPU_RATIO and r.get("errors", 1) == 0 and b.get("errors", 1) == 0
+        checks[name] = (
+            ok,
+            f"saturated: relay CPU per {what} <= {MAX_SAT_CPU_RATIO:g}x baseline: {fmt(q)}x (median of same-round "
+            f"ratios; pooled {fmt(cpu_per(r, unit), 3)} vs {fmt(cpu_per(b, unit), 3)} CPU s / "
+            f"{unit // 1000}k {what}s; {fmt(r.get('rps'), 0)} vs {fmt(b.get('rps'), 0)} {what}s/s)",
+        )
+    st, dst = relay.sat_st, direct.sat_st if direct else {}
+    added = added_p99_paired(st, dst) if dst else None
+    base_added = added_p99_paired(base.sat_st, dst) if dst and base and base.sat_st else None
+    checks["sat_ttfb"] = (
+        added is not None and added <= MAX_SAT_ADDED_TTFB_P99_MS and st.get("errors", 1) == 0
+        and st.get("done") == st.get("ok"),
+        f"saturated: added TTFB p99 <= {MAX_SAT_ADDED_TTFB_P99_MS:g} ms at {st.get('concurrency', 100)} stream "
+        f"clients: {fmt(added)} ms (median of per-round differences with direct; baseline {fmt(base_added)} ms; "
+        f"{st.get('done')}/{st.get('ok')} streams ended with [DONE])",
+    )
     return checks
 
 

@@ -7,6 +7,7 @@ Prints one JSON object with the results on stdout.
         --key k1 --mode nonstream --requests 20000 --concurrency 50
     python -m bench.load ... --mode stream --requests 2000 --concurrency 100 --stagger 0.2
     python -m bench.load ... --mode stream --requests 5000 --concurrency 5000 --ramp 1000
+    python -m bench.load ... --mode nonstream --requests 6000 --concurrency 50 --duration 20
 
 Modes:
   nonstream  POST a chat completion, read the whole body; latency per request.
@@ -14,6 +15,10 @@ Modes:
              the first body byte, TTFT = to the first chunk carrying text (a
              delta with non-empty "content"); a stream counts as complete only
              when the body ends with the ``data: [DONE]`` event.
+
+Without ``--ramp`` every worker sends its next request as soon as the last answer
+ended (a closed loop that drives the target flat out); ``--duration S`` bounds such
+a run in time: no measured request starts after S seconds.
 
 ``--api responses`` sends OpenAI's Responses API body instead (``{"model", "input",
 "stream"}``; point ``--url`` at ``/v1/responses``): TTFT is then to the first
@@ -167,6 +172,7 @@ class Load:
         next_idx = 0
         perf = time.perf_counter
         t_start = perf()
+        deadline = t_start + args.duration if args.duration > 0 else None
 
         async def worker(k: int, n_workers: int) -> None:
             nonlocal next_idx
@@ -175,6 +181,8 @@ class Load:
                 # streams do not start (and end) in lock-step bursts
                 await asyncio.sleep(args.stagger * k / n_workers)
             while next_idx < total:
+                if deadline is not None and perf() >= deadline:
+                    break  # the time bound of a closed-loop run: no new request starts after it
                 i = next_idx
                 next_idx += 1
                 if args.ramp > 0:
@@ -267,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=0, help="unrecorded requests first, then WARM / wait for stdin")
     p.add_argument("--ramp", type=float, default=0.0, help="max request starts per second (0 = no limit)")
     p.add_argument("--stagger", type=float, default=0.0, help="spread the first requests over this many seconds")
+    p.add_argument("--duration", type=float, default=0.0,
+                   help="closed loop bound: no measured request starts after this many seconds (0 = none)")
     p.add_argument("--raw", action="store_true", help="also output every latency / TTFB (ms)")
     p.add_argument("--timeout", type=float, default=60.0, help="connect / read inactivity timeout, s")
     args = p.parse_args(argv)

@@ -36,18 +36,20 @@ def run_load(
     timeout: float = 240.0,
     model: str = "demo",
     api: str = "chat",
+    duration: float = 0.0,
 ) -> dict:
     """Run one load-generator process; measure CPU and peak RSS of the process under test.
 
     With `warmup`, the load generator first sends that many unrecorded requests over the same
     keep-alive connections; the counters are read after them, right before the measured requests.
     `api` is the request body bench/load.py sends ("chat" or "responses"; `url` must be its endpoint).
+    `duration` > 0 bounds a closed-loop run in time (no measured request starts after it).
     """
     argv = [
         PY, "-m", "bench.load", "--url", url, "--key", key, "--mode", mode,
         "--requests", str(requests), "--concurrency", str(concurrency), "--ramp", str(ramp),
         "--stagger", str(stagger), "--warmup", str(warmup), "--model", model,
-        "--api", api,
+        "--api", api, "--duration", str(duration),
     ] + (["--raw"] if raw else [])
     tree: list[int] = []
     watch: list[int] = []
@@ -132,6 +134,8 @@ class TargetResult:
     st: dict = field(default_factory=dict)
     slow: dict = field(default_factory=dict)
     rs: dict = field(default_factory=dict)  # Responses API streams (POST /v1/responses), relay only
+    sat_ns: dict = field(default_factory=dict)  # saturated closed loop, non-stream
+    sat_st: dict = field(default_factory=dict)  # saturated closed loop, stream
 
 
 @dataclass
@@ -145,7 +149,7 @@ class Target:
 
 def merge(rounds: list[dict]) -> dict:
     """Pool the rounds of one target: counts and CPU summed, percentiles over all samples."""
-    out: dict = {"rounds": len(rounds), "ok": 0, "errors": 0, "elapsed_s": 0.0, "cpu_s": 0.0,
+    out: dict = {"rounds": len(rounds), "concurrency": rounds[0].get("concurrency"), "ok": 0, "errors": 0, "elapsed_s": 0.0, "cpu_s": 0.0,
                  "wall_s": 0.0, "outside_cpu_s": 0.0, "bad_status": {}, "exceptions": {}}
     lat: list[float] = []
     ttfb: list[float] = []
@@ -178,6 +182,7 @@ def merge(rounds: list[dict]) -> dict:
         out["ttfb_p50_ms"] = pct(ttfb, 50)
         out["ttfb_p99_ms"] = pct(ttfb, 99)
         out["round_p99_ms"] = [r.get("ttfb_p99_ms") for r in rounds]
+        out["round_p50_ms"] = [r.get("ttfb_p50_ms") for r in rounds]
         out["ttft_p50_ms"] = pct(ttft, 50)
         out["ttft_p99_ms"] = pct(ttft, 99)
         out["round_ttft_p99_ms"] = [r.get("ttft_p99_ms") for r in rounds]

@@ -1,5 +1,5 @@
-"""The measured phases: interleaved rounds (non-stream, stream: chat and Responses), slow streams, translated
-streams.
+"""The measured phases: interleaved rounds (non-stream, stream: chat and Responses), the saturated closed loop,
+slow streams, translated streams.
 
 Each phase drives targets that are already running and returns what it measured; starting and stopping
 the targets is the caller's (bench/run.py).
@@ -17,7 +17,8 @@ from bench.measure import Target, TargetResult, brief, fmt, merge, run_load
 from bench.procs import CPU_SUT, PY, Proc, free_port, start_fake, start_fake_anthropic, url
 from bench.relays import CLIENT_KEY
 
-__all__ = ["TRANSLATED", "Log", "bench_interleaved", "bench_slow", "bench_translated", "stream_events"]
+__all__ = ["SATURATED_TARGETS", "TRANSLATED", "Log", "bench_interleaved", "bench_saturated", "bench_slow",
+           "bench_translated", "stream_events"]
 
 Log = Callable[[str], None]
 
@@ -81,6 +82,48 @@ streams (same concurrency, chunks and chunk delay), so the two are compared roun
             res[t.name].rs = {**merge(rparts[t.name]), "frames": frames[t.name]["responses"]}
             log(f"[{t.name}] responses stream: {brief(res[t.name].rs)}")
     return res
+
+
+# the saturated phase compares the relay with the baseline; direct gives the fake's own TTFB
+SATURATED_TARGETS = ("direct", "baseline", "relay")
+
+
+def bench_saturated(targets: list[Target], prm: dict, log: Log) -> dict[str, dict[str, dict]]:
+    """Closed loop, flat out: every client sends its next request as soon as the last answer ended.
+
+    `sat_ns_concurrency` non-stream clients, then `sat_st_concurrency` stream clients, in `sat_rounds` rounds
+    that alternate between the targets (direct, baseline and relay of `targets`). Each run is bounded by a
+    count (`sat_ns_requests`, `sat_st_streams` per round) and a time (`sat_seconds`: no request starts after
+    it). Returns {target: {"ns": pooled, "st": pooled}}.
+    """
+    tl = [t for t in targets if t.name in SATURATED_TARGETS]
+    rounds, secs = prm["sat_rounds"], float(prm["sat_seconds"])
+    stagger = prm["st_chunks"] * prm["st_chunk_delay_ms"] / 1000.0
+    ns_c, st_c = prm["sat_ns_concurrency"], prm["sat_st_concurrency"]
+    log(f"saturated: {rounds} rounds x ({prm['sat_ns_requests']} requests @ {ns_c} clients, "
+        f"{prm['sat_st_streams']} streams @ {st_c} clients), closed loop, at most {secs:g} s each")
+    for t in tl:  # first connections, lazy imports and caches are not counted
+        run_load(url(t.port), t.key, "nonstream", prm["ns_warmup"], ns_c, None)
+        run_load(url(t.port), t.key, "stream", prm["st_warmup"], st_c, None, stagger=stagger)
+    parts: dict[str, dict[str, list[dict]]] = {t.name: {"ns": [], "st": []} for t in tl}
+    for i in range(rounds):
+        for t in tl:
+            r = run_load(url(t.port), t.key, "nonstream", prm["sat_ns_requests"], ns_c, t.pid,
+                         warmup=prm["round_warmup"] * ns_c, raw=True, duration=secs)
+            parts[t.name]["ns"].append(r)
+            log(f"  [{t.name}] saturated non-stream round {i + 1}: {brief(r)}")
+        for t in tl:
+            # first streams staggered over one stream's duration (steady state), then each client loops
+            r = run_load(url(t.port), t.key, "stream", prm["sat_st_streams"], st_c, t.pid,
+                         warmup=prm["round_warmup"] * st_c, stagger=stagger, raw=True, duration=secs)
+            parts[t.name]["st"].append(r)
+            log(f"  [{t.name}] saturated stream round {i + 1}: {brief(r)}")
+    out = {}
+    for t in tl:
+        out[t.name] = {"ns": merge(parts[t.name]["ns"]), "st": merge(parts[t.name]["st"])}
+        log(f"[{t.name}] saturated non-stream: {brief(out[t.name]['ns'])}")
+        log(f"[{t.name}] saturated stream: {brief(out[t.name]['st'])}")
+    return out
 
 
 def bench_slow(name: str, port: int, key: str, sut_pid: int, prm: dict, log: Log) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from bench.checks import added_p99_paired, cpu_per, verdict
+from bench.checks import added_p99_paired, cpu_per, cpu_ratio, verdict
 from bench.measure import TargetResult, fmt, outside_pct
 from bench.procs import CPU_AUX, CPU_SUT, NPROC
 from bench.workers import table
@@ -31,6 +31,110 @@ def _workers(summary: dict) -> list[str]:
         *table(summary),
         "",
     ]
+
+
+def _interleaved(results: dict[str, TargetResult], prm: dict) -> list[str]:
+    """The fixed-rate non-stream and the stream phases' tables."""
+    L: list[str] = []
+    L.append("## Non-stream chat")
+    L.append("")
+    L.append("| target | ok | errors | req/s | p50 ms | p99 ms | p99 per round ms | CPU s / 10k req | outside load |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        ns = r.ns
+        L.append(
+            f"| {name} | {ns.get('ok')} | {ns.get('errors')} | {fmt(ns.get('rps'), 0)} | "
+            f"{fmt(ns.get('lat_p50_ms'))} | {fmt(ns.get('lat_p99_ms'))} | {_rounds(ns)} | "
+            f"{fmt(cpu_per(ns, 10_000), 3)} | {_pct_s(ns)} |"
+        )
+    L.append("")
+    L.append(f"## Streaming chat ({prm['st_concurrency']} concurrent streams)")
+    L.append("")
+    L.append(
+        "| target | ok | [DONE] | errors | TTFB p50 ms | TTFB p99 ms | TTFB p99 per round ms | TTFT p50 ms | "
+        "TTFT p99 ms | stream duration p50 ms | CPU s / 1k streams | outside load |"
+    )
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        st = r.st
+        L.append(
+            f"| {name} | {st.get('ok')} | {st.get('done')} | {st.get('errors')} | {fmt(st.get('ttfb_p50_ms'))} | "
+            f"{fmt(st.get('ttfb_p99_ms'))} | {_rounds(st)} | {fmt(st.get('ttft_p50_ms'))} | "
+            f"{fmt(st.get('ttft_p99_ms'))} | {fmt(st.get('lat_p50_ms'))} | {fmt(cpu_per(st, 1_000), 3)} | "
+            f"{_pct_s(st)} |"
+        )
+    d = results.get("direct")
+    added_rows = []
+    for name, r in results.items():
+        st = r.st
+        if not d or name == "direct" or d.st.get("ttfb_p50_ms") is None or st.get("ttfb_p50_ms") is None:
+            continue
+
+        def diff(k: str) -> float | None:
+            a, b = st.get(k), d.st.get(k)
+            return None if a is None or b is None else a - b
+
+        added_rows.append(
+            f"| {name} | {fmt(diff('ttfb_p50_ms'))} | {fmt(diff('ttfb_p99_ms'))} | "
+            f"{fmt(added_p99_paired(st, d.st))} | {fmt(diff('ttft_p50_ms'))} | {fmt(diff('ttft_p99_ms'))} | "
+            f"{fmt(added_p99_paired(st, d.st, 'round_ttft_p99_ms'))} |"
+        )
+    if added_rows:
+        L.append("")
+        L.append("Added versus direct (ms):")
+        L.append("")
+        L.append(
+            "| target | TTFB p50 | TTFB p99 | TTFB p99, median of rounds | TTFT p50 | TTFT p99 | "
+            "TTFT p99, median of rounds |"
+        )
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        L.extend(added_rows)
+    return L
+
+
+def _saturated(results: dict[str, TargetResult], prm: dict) -> list[str]:
+    """The saturated closed loop: relay and baseline, each against direct (the fake's own TTFB)."""
+    rows = [(n, r) for n, r in results.items() if r.sat_ns]
+    if not rows:
+        return []
+    d = results.get("direct")
+    L = [
+        "",
+        f"## Saturated closed loop ({prm['sat_ns_concurrency']} non-stream clients, {prm['sat_st_concurrency']} "
+        "stream clients)",
+        "",
+        f"Every client sends its next request as soon as the last answer ended (no fixed rate): "
+        f"{prm['sat_ns_requests']:,} non-stream requests, then {prm['sat_st_streams']:,} streams (first ones "
+        f"staggered over one stream's duration), per target and round, each run stopped after "
+        f"{prm['sat_seconds']} s at most, in {prm['sat_rounds']} rounds alternating between the targets; same "
+        "fake as the stream phase. Added TTFB = the target's minus direct's: p50 over all samples, p99 the "
+        "median over rounds of (target p99 - direct p99 of the same round). Ratios: median of same-round ratios "
+        "of CPU per request to the baseline's.",
+        "",
+        "| target | req/s | latency p50 / p99 ms | CPU s / 10k req | streams/s | [DONE] / ok | TTFB p50 / p99 ms | "
+        "added TTFB p50 / p99 ms | CPU s / 1k streams | CPU ratio to baseline: req / stream | outside load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = results.get("baseline")
+    for name, r in rows:
+        ns, st = r.sat_ns, r.sat_st
+        if d and d.sat_st and name != "direct":
+            a50 = None if st.get("ttfb_p50_ms") is None or d.sat_st.get("ttfb_p50_ms") is None else (
+                st["ttfb_p50_ms"] - d.sat_st["ttfb_p50_ms"])
+            added = f"{fmt(a50)} / {fmt(added_p99_paired(st, d.sat_st))}"
+        else:
+            added = "n/a"
+        if base and base.sat_ns and name != "baseline" and name != "direct":
+            ratio = f"{fmt(cpu_ratio(ns, base.sat_ns))} / {fmt(cpu_ratio(st, base.sat_st))}"
+        else:
+            ratio = ""
+        L.append(
+            f"| {name} | {fmt(ns.get('rps'), 0)} | {fmt(ns.get('lat_p50_ms'))} / {fmt(ns.get('lat_p99_ms'))} | "
+            f"{fmt(cpu_per(ns, 10_000), 3)} | {fmt(st.get('rps'), 0)} | {st.get('done')} / {st.get('ok')} | "
+            f"{fmt(st.get('ttfb_p50_ms'))} / {fmt(st.get('ttfb_p99_ms'))} | {added} | {fmt(cpu_per(st, 1_000), 3)} | "
+            f"{ratio} | {_pct_s(ns)} / {_pct_s(st)} |"
+        )
+    return L
 
 
 def _responses(results: dict[str, TargetResult], prm: dict) -> list[str]:
@@ -153,60 +257,10 @@ def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dic
         "pinned) count as outside load." % CPU_AUX
     )
     L.append("")
-    L.append("## Non-stream chat")
-    L.append("")
-    L.append("| target | ok | errors | req/s | p50 ms | p99 ms | p99 per round ms | CPU s / 10k req | outside load |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        ns = r.ns
-        L.append(
-            f"| {name} | {ns.get('ok')} | {ns.get('errors')} | {fmt(ns.get('rps'), 0)} | "
-            f"{fmt(ns.get('lat_p50_ms'))} | {fmt(ns.get('lat_p99_ms'))} | {_rounds(ns)} | "
-            f"{fmt(cpu_per(ns, 10_000), 3)} | {_pct_s(ns)} |"
-        )
-    L.append("")
-    L.append(f"## Streaming chat ({prm['st_concurrency']} concurrent streams)")
-    L.append("")
-    L.append(
-        "| target | ok | [DONE] | errors | TTFB p50 ms | TTFB p99 ms | TTFB p99 per round ms | TTFT p50 ms | "
-        "TTFT p99 ms | stream duration p50 ms | CPU s / 1k streams | outside load |"
-    )
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        st = r.st
-        L.append(
-            f"| {name} | {st.get('ok')} | {st.get('done')} | {st.get('errors')} | {fmt(st.get('ttfb_p50_ms'))} | "
-            f"{fmt(st.get('ttfb_p99_ms'))} | {_rounds(st)} | {fmt(st.get('ttft_p50_ms'))} | "
-            f"{fmt(st.get('ttft_p99_ms'))} | {fmt(st.get('lat_p50_ms'))} | {fmt(cpu_per(st, 1_000), 3)} | "
-            f"{_pct_s(st)} |"
-        )
-    d = results.get("direct")
-    added_rows = []
-    for name, r in results.items():
-        st = r.st
-        if not d or name == "direct" or d.st.get("ttfb_p50_ms") is None or st.get("ttfb_p50_ms") is None:
-            continue
-
-        def diff(k: str) -> float | None:
-            a, b = st.get(k), d.st.get(k)
-            return None if a is None or b is None else a - b
-
-        added_rows.append(
-            f"| {name} | {fmt(diff('ttfb_p50_ms'))} | {fmt(diff('ttfb_p99_ms'))} | "
-            f"{fmt(added_p99_paired(st, d.st))} | {fmt(diff('ttft_p50_ms'))} | {fmt(diff('ttft_p99_ms'))} | "
-            f"{fmt(added_p99_paired(st, d.st, 'round_ttft_p99_ms'))} |"
-        )
-    if added_rows:
-        L.append("")
-        L.append("Added versus direct (ms):")
-        L.append("")
-        L.append(
-            "| target | TTFB p50 | TTFB p99 | TTFB p99, median of rounds | TTFT p50 | TTFT p99 | "
-            "TTFT p99, median of rounds |"
-        )
-        L.append("|---|---:|---:|---:|---:|---:|---:|")
-        L.extend(added_rows)
+    if any(r.ns for r in results.values()):  # not when the saturated phase ran alone
+        L.extend(_interleaved(results, prm))
     L.extend(_responses(results, prm))
+    L.extend(_saturated(results, prm))
     slow = [(n, r.slow) for n, r in results.items() if r.slow]
     if slow:
         L.append("")
@@ -236,7 +290,8 @@ def render(results: dict[str, TargetResult], prm: dict, quick: bool, checks: dic
             L.append(f"- {verdict(ok)}: {text}")
     failures = []
     for name, r in results.items():
-        for phase, d_ in (("non-stream", r.ns), ("stream", r.st), ("responses stream", r.rs), ("slow", r.slow)):
+        for phase, d_ in (("non-stream", r.ns), ("stream", r.st), ("responses stream", r.rs), ("slow", r.slow),
+                          ("saturated non-stream", r.sat_ns), ("saturated stream", r.sat_st)):
             if d_ and (d_.get("errors") or d_.get("bad_status") or d_.get("exceptions")):
                 failures.append(f"{name} {phase}: status {d_.get('bad_status')} exceptions {d_.get('exceptions')}")
     if failures:

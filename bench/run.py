@@ -1,7 +1,7 @@
 """Benchmark suite: direct upstream vs. minimal aiohttp proxy vs. the relay, alone and scaled out.
 
     python -m bench.run [--quick] [--out bench/RESULTS.md] [--targets direct,baseline,relay,...]
-                        [--no-slow] [--no-workers] [--set NAME=N ...]
+                        [--no-slow] [--no-workers] [--phases saturated,...] [--set NAME=N ...]
 
 Starts every process itself on 127.0.0.1 (fake upstreams, baseline proxy, relays, load generators), pins
 the process under test to CPU 0 and everything else to CPU 1, measures, stops what it started (by PID),
@@ -11,6 +11,8 @@ Phases (bench/phases.py, bench/workers.py):
   * non-stream chat at a fixed request rate and stream chat at 100 concurrent streams, in rounds that
     alternate between the targets: latency, TTFB, CPU s of the process under test per request; the relay
     also streams POST /v1/responses (passthrough) beside its chat streams in the same rounds;
+  * saturated (direct, baseline, relay): 50 non-stream clients, then 100 stream clients in a closed loop
+    (each sends its next request as soon as the last answer ended), in rounds alternating between them;
   * (baseline, relay; restarted against a slow fake) N concurrent slow streams: RSS per open stream;
   * translated streams: relay CPU per stream frame, chat and Responses, on openai (passthrough), openai
     `responses: false` and anthropic channels;
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from bench.checks import relay_checks, run_micro, verdict
 from bench.measure import Target, TargetResult
-from bench.phases import bench_interleaved, bench_slow, bench_translated
+from bench.phases import SATURATED_TARGETS, bench_interleaved, bench_saturated, bench_slow, bench_translated
 from bench.procs import (CPU_AUX, CPU_SUT, NPROC, ROOT, WATCH_PIDS, Proc, machine_busy_seconds, own_cpu_seconds,
                          raise_nofile, start_baseline, start_fake)
 from bench.relays import (CLIENT_KEY, PG_URL, REDIS_URL, UPSTREAM_KEY, Scratch, check_relay_features, ledger_rows,
@@ -41,7 +43,7 @@ from bench.relays import (CLIENT_KEY, PG_URL, REDIS_URL, UPSTREAM_KEY, Scratch, 
 from bench.report import cpu_model, render
 from bench.workers import measure_workers
 
-__all__ = ["FULL", "QUICK", "TARGETS", "main"]
+__all__ = ["FULL", "PHASES", "QUICK", "TARGETS", "main"]
 
 FULL = {
     "ns_requests": 20_000,
@@ -68,6 +70,14 @@ FULL = {
     "wk_rate": 1_000,
     "wk_concurrency": 50,
     "wk_rounds": 3,
+    # saturated closed loop: clients send their next request as soon as the last answer ended; per target and
+    # round a fixed count, each run stopped after sat_seconds at most (about 4 s and 3 s at the relay's pace)
+    "sat_ns_requests": 5_000,
+    "sat_ns_concurrency": 50,
+    "sat_st_streams": 1_000,
+    "sat_st_concurrency": 100,
+    "sat_rounds": 4,
+    "sat_seconds": 20,
 }
 QUICK = {
     **FULL,
@@ -79,13 +89,34 @@ QUICK = {
     "rounds": 2,
     "wk_requests": 2_000,
     "wk_rounds": 1,
+    "sat_rounds": 2,
 }
 
 TARGETS = ("direct", "baseline", "relay", "relay+limits", "relay+probes", "relay+redis", "relay+pg")
 # relay+probes: the relay with health probes of its 3 accounts every 0.5 s (6 probes a second, 100x the
 # default schedule's rate for 3 accounts), against relay (every 60 s): relay CPU per request with and without.
 PROBES_EXTRA = "health: {interval: 0.5}\n"
+# in the order they run; --phases picks some (`--phases saturated`: the closed loop alone, about 2 minutes)
+PHASES = ("interleaved", "saturated", "slow", "translated", "workers")
 Log = Callable[[str], None]
+
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+# a hand-written section of RESULTS.md (figures measured before and after a change) that a new report keeps
+KEPT_HEADING = "## Saturated closed loop: before and after"
+
+
+def kept_section(path: Path) -> str:
+    """The KEPT_HEADING section of the report at `path` (up to the next `## ` heading), or ''."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(KEPT_HEADING)
+    if at < 0:
+        return ""
+    end = old.find("\n## ", at + len(KEPT_HEADING))
+    return "\n" + old[at:end if end >= 0 else len(old)].rstrip() + "\n"
 
 
 def _pg_relay(logdir: Path, fake: Proc, scratch: Scratch) -> tuple[Proc, str]:
@@ -163,9 +194,15 @@ def ledger_notes(logdir: Path, results: dict[str, TargetResult], prm: dict, scra
         # (and one chat and one Responses stream that count the frames of each)
         rs_warm = prm["st_warmup"] + prm["rounds"] * prm["round_warmup"] * prm["st_concurrency"] + 2
         warm_all = len(shared) * warm + sum(rs_warm for r in shared if r.rs)
+        sat = results.get("relay")
+        if sat is not None and sat.sat_ns:  # the saturated phase ran on the same relay process
+            sent += sat.sat_ns.get("ok", 0) + sat.sat_st.get("ok", 0)
+            warm_all += prm["ns_warmup"] + prm["st_warmup"] + prm["sat_rounds"] * prm["round_warmup"] * (
+                prm["sat_ns_concurrency"] + prm["sat_st_concurrency"])
         notes.append(
             f"relay ledger holds {rows} usage rows after the run ({sent} measured requests "
-            f"+ {warm_all} warm-up requests sent, relay and relay+limits together, Responses streams included)"
+            f"+ {warm_all} warm-up requests sent, relay and relay+limits together, Responses streams and the "
+            "saturated phase included)"
         )
     pg = results.get("relay+pg")
     book = scratch.ledger() if pg else None
@@ -187,14 +224,24 @@ def run_phases(args: argparse.Namespace, targets: list[str], prm: dict, logdir: 
     started.append(fake)
     WATCH_PIDS[:] = [fake.pid]
     log(f"fake upstream pid {fake.pid} on :{fake.port} (CPU {CPU_AUX})")
+    phases = args.phases
+    if "interleaved" not in phases:  # the saturated phase needs only these
+        targets = [t for t in targets if t in SATURATED_TARGETS]
     tl = start_targets(targets, logdir, fake, scratch, started, notes, unmeasured, log)
-    results = state["results"] = bench_interleaved(tl, prm, log)
+    if "interleaved" in phases:
+        results = state["results"] = bench_interleaved(tl, prm, log)
+    else:
+        results = state["results"] = {t.name: TargetResult(t.name) for t in tl}
+    if "saturated" in phases:
+        for name, sat in bench_saturated(tl, prm, log).items():
+            results[name].sat_ns, results[name].sat_st = sat["ns"], sat["st"]
     for p in reversed(started):
         p.stop()
     started.clear()
-    notes += ledger_notes(logdir, results, prm, scratch)
+    if "interleaved" in phases:
+        notes += ledger_notes(logdir, results, prm, scratch)
 
-    slow_targets = [t for t in ("baseline", "relay") if t in targets] if not args.no_slow else []
+    slow_targets = [t for t in ("baseline", "relay") if t in targets] if "slow" in phases else []
     if slow_targets:
         slow_fake = start_fake(logdir, "fake-slow", prm["slow_chunks"], prm["slow_chunk_delay_ms"])
         started.append(slow_fake)
@@ -215,9 +262,11 @@ def run_phases(args: argparse.Namespace, targets: list[str], prm: dict, logdir: 
         slow_fake.stop()
         started.remove(slow_fake)
     if "relay" in targets:
-        state["translated"] = bench_translated(logdir, prm, log)
-        if args.no_workers:
-            unmeasured["workers"] = "--no-workers"
+        if "translated" in phases:
+            state["translated"] = bench_translated(logdir, prm, log)
+        if "workers" not in phases:
+            if "interleaved" in phases:
+                unmeasured["workers"] = "--no-workers" if args.no_workers else "not in --phases"
         else:
             log(f"workers: {prm['wk_rounds']} rounds x --workers 1, 2, {prm['wk_requests']} requests each")
             state["workers"] = measure_workers(logdir, [1, 2], prm["wk_requests"], prm["wk_rate"],
@@ -227,10 +276,14 @@ def run_phases(args: argparse.Namespace, targets: list[str], prm: dict, logdir: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description="Relay benchmark suite")
     ap.add_argument("--quick", action="store_true", help="fewer requests (about two minutes)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="report path (default: bench/RESULTS.md)")
+    ap.add_argument("--out", default=None,
+                    help="report path (default: bench/RESULTS.md when every phase runs; with --phases a subset "
+                         "the report is printed unless --out is given)")
     ap.add_argument("--targets", default=",".join(TARGETS), help="comma list of %s" % ",".join(TARGETS))
     ap.add_argument("--no-slow", action="store_true", help="skip the slow-stream memory phase")
     ap.add_argument("--no-workers", action="store_true", help="skip the --workers 1 / 2 phase")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help="comma list of %s (default: all)" % ",".join(PHASES))
     ap.add_argument(
         "--set", action="append", default=[], metavar="NAME=N",
         help="override a parameter, e.g. --set slow_streams=2000 (names: %s)" % ", ".join(FULL),
@@ -240,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [t for t in targets if t not in TARGETS]
     if bad:
         ap.error(f"unknown targets: {bad}")
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if [p for p in phases if p not in PHASES] or not phases:
+        ap.error(f"--phases {args.phases}: expected a comma list of {', '.join(PHASES)}")
+    args.phases = [p for p in phases if not (p == "slow" and args.no_slow or p == "workers" and args.no_workers)]
     prm = dict(QUICK if args.quick else FULL)
     for item in args.set:
         name, _, value = item.partition("=")
@@ -293,18 +350,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{wall:.0f} s run ({max(foreign, 0.0) / (wall * NPROC) * 100:.0f}% of {NPROC} CPUs); "
         "outside load makes latency figures noisier"
     )
-    micro = run_micro() if any(t.startswith("relay") for t in targets) else {}
+    micro = run_micro() if "interleaved" in args.phases and any(t.startswith("relay") for t in targets) else {}
     checks = relay_checks(state["results"], prm, micro, state["workers"], state["unmeasured"])
     info = {"date": date, "cpu_model": cpu_model(), "wall_s": time.monotonic() - t0, "notes": notes,
             "translated": state["translated"], "workers": state["workers"]}
     report = render(state["results"], prm, args.quick, checks, info)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
+    out = Path(args.out) if args.out else RESULTS if set(PHASES) <= set(args.phases) else None
+    if out is None:
+        print(report)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report + kept_section(out))
     print()
     for ok, text in checks.values():
         print(f"{verdict(ok)}: {text}")
-    log(f"wrote {out}")
+    if out is not None:
+        log(f"wrote {out}")
     if any(n.startswith("run aborted") for n in notes):
         return 1
     return 0 if all(ok is not False for ok, _ in checks.values()) else 1

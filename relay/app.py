@@ -24,7 +24,7 @@ from .availability import AvailabilityRecorder
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
-from .access_log import AccessLog
+from .access_log import LOG_FORMAT, AccessLog, LineFormatter
 from .bindings_redis import RedisBindings
 from .client_addr import ClientAddress
 from .channel_watch import ChannelWatch
@@ -362,9 +362,9 @@ _QUIET_LOGGERS = ("aiosqlite", "asyncpg", "aiohttp.access", "aiohttp.internal", 
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)  # its timestamp formatted once a second (the access log's lines)
+    handler.setFormatter(LineFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     root = logging.getLogger()
     root.setLevel(level.upper())
     for name in _QUIET_LOGGERS:
