@@ -21,9 +21,10 @@ from .access_log import ACCESS, AccessNote
 from .adapters import adapter_for
 from .adapters.base import Adapter, StreamHandler
 from .availability import AvailabilityRecorder
-from .balances import Balances, Reservation
+from .balances import Balances
 from .billing import Pricing, output_limit
 from .bindings import ResponseBindings
+from .books import Books, Trace
 from .endpoints import ENDPOINTS, Endpoint, mode_for
 from .config import Config
 from .errors import InvalidRequest, RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
@@ -33,9 +34,9 @@ from .metrics import Metrics
 from .redact import redact
 from .router import Account, Router
 from .sse import EventTooLarge
-from .types import KeyRecord, RelayRequest, Usage, UsageRecord, with_egress
+from .types import RelayRequest, Usage, with_egress
 from .upstream import READ_ERRORS, Upstream, UpstreamResponse
-from .usage import estimate_prompt_tokens, usage_when_missing
+from .usage import estimate_prompt_tokens
 
 __all__ = ["RATE_LIMIT_HEADERS", "Proxy"]
 
@@ -52,38 +53,12 @@ SSE_HEADERS = {
 }
 
 
-class _Trace:
-    """What one request did; becomes its ledger row."""
-
-    __slots__ = (
-        "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
-        "limits", "limit_tokens", "acc", "exhausted", "client",
-    )
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.end_reason = "ok"
-        self.channel: str | None = None
-        self.account: int | None = None
-        self.attempts = 0
-        self.usage: Usage | None = None
-        self.ttft: float | None = None
-        self.completion_tokens: int | None = None  # counted from delivered text when usage is missing
-        self.reservation: Reservation | None = None
-        self.limits: Limits | None = None  # the key's limits, when it has any (settled at the end)
-        self.limit_tokens = 0  # the token estimate the limits (and the account's budget) admitted
-        self.acc: Account | None = None  # the account of the last attempt
-        self.exhausted = False  # no account could serve (every one failed, rested or was rate limited)
-        self.client: str | None = None  # the client's address (behind trusted proxies: the one they forward)
-
-
 class Proxy:
     def __init__(
         self, cfg: Config, router: Router, upstream: Upstream, ledger: Ledger, metrics: Metrics,
         pricing: Pricing, balances: Balances, limiter: Limiter, bindings: ResponseBindings,
         availability: AvailabilityRecorder | None = None,
     ) -> None:
-        self._availability = availability
         self._bindings = bindings
         self._retry = cfg.retry
         # Retry-After when no failed account is back on its own: the next probe may bring one back
@@ -98,6 +73,7 @@ class Proxy:
         self._metrics = metrics
         self._inflight: set[asyncio.Task[object]] = set()
         self._draining = False
+        self._books = Books(limiter, router, balances, pricing, ledger, metrics, availability)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -119,7 +95,7 @@ class Proxy:
     # -- the pipeline -----------------------------------------------------------------------------------
 
     async def relay(self, request: web.Request, req: RelayRequest) -> web.StreamResponse:
-        trace = _Trace()
+        trace = Trace()
         trace.client = request.remote
         task = asyncio.current_task()
         assert task is not None
@@ -158,13 +134,13 @@ class Proxy:
             raise
         finally:
             self._inflight.discard(task)
-            self._record(req, trace)
+            self._books.record(req, trace)
             request[ACCESS] = AccessNote(req.key.prefix, req.model, trace.end_reason, trace.ttft)
 
     async def answer_locally(self, request: web.Request, req: RelayRequest, body: bytes) -> web.Response:
         """A request the relay answers itself (a token count on a channel that has none): the key's request
         limits apply; nothing is relayed or billed, and its ledger row counts no tokens."""
-        trace = _Trace()
+        trace = Trace()
         trace.client = request.remote
         trace.usage = Usage(0, 0, "estimate")
         try:
@@ -184,7 +160,7 @@ class Proxy:
             trace.status, trace.end_reason = e.status, "rejected"
             raise
         finally:
-            self._record(req, trace)
+            self._books.record(req, trace)
 
     def _pick(self, req: RelayRequest, tried: set[Account], ep: Endpoint) -> Account | None:
         if req.pin is None:
@@ -207,7 +183,7 @@ class Proxy:
             status=409, code="response_account_unavailable",
         )
 
-    async def _attempts(self, request: web.Request, req: RelayRequest, trace: _Trace) -> web.StreamResponse:
+    async def _attempts(self, request: web.Request, req: RelayRequest, trace: Trace) -> web.StreamResponse:
         ep = ENDPOINTS[req.endpoint]
         deadline = req.started + self._retry.deadline
         tried: set[Account] = set()
@@ -275,7 +251,7 @@ class Proxy:
         )
 
     async def _attempt(
-        self, request: web.Request, req: RelayRequest, trace: _Trace, adapter: Adapter, account: Account
+        self, request: web.Request, req: RelayRequest, trace: Trace, adapter: Adapter, account: Account
     ) -> web.StreamResponse:
         target = self._router.target(account, req.model)
         answer = getattr(adapter, "answer", None)  # answered by the relay itself (a local token count)
@@ -306,7 +282,7 @@ class Proxy:
         return web.Response(status=resp.status, body=out_body, headers={"Content-Type": content_type})
 
     async def _stream(
-        self, request: web.Request, req: RelayRequest, trace: _Trace, handler: StreamHandler,
+        self, request: web.Request, req: RelayRequest, trace: Trace, handler: StreamHandler,
         resp: UpstreamResponse, account: Account,
     ) -> web.StreamResponse:
         chunks = self._upstream.chunks(resp)
@@ -354,7 +330,7 @@ class Proxy:
             resp.close()
 
     async def _pump(
-        self, chunks: object, handler: StreamHandler, out: web.StreamResponse, trace: _Trace, dialect: str
+        self, chunks: object, handler: StreamHandler, out: web.StreamResponse, trace: Trace, dialect: str
     ) -> None:
         it = chunks.__aiter__()  # type: ignore[attr-defined]
         while True:
@@ -383,7 +359,7 @@ class Proxy:
             await out.write(tail)
 
     async def _pipe(
-        self, request: web.Request, trace: _Trace, resp: UpstreamResponse, account: Account, content_type: str
+        self, request: web.Request, trace: Trace, resp: UpstreamResponse, account: Account, content_type: str
     ) -> web.StreamResponse:
         """Binary bodies (speech audio): streamed through as they arrive."""
         try:
@@ -423,61 +399,7 @@ class Proxy:
         client: str | None = None,
     ) -> None:
         """A request of a known key refused before it was relayed (bad body, unknown model...)."""
-        req = RelayRequest(
-            id=request_id, endpoint=endpoint, model=model, body=b"", json=None, stream=False,
-            wants_usage=False, key=KeyRecord(key_id, "", "", ""), started=started,
-        )
-        trace = _Trace()
-        trace.status, trace.end_reason, trace.client = status, "rejected", client
-        self._record(req, trace)
-
-    def _record(self, req: RelayRequest, trace: _Trace) -> None:
-        now = time.monotonic()
-        latency = now - req.started
-        usage = trace.usage
-        if usage is None:
-            usage = usage_when_missing(req, trace.completion_tokens) if trace.status and trace.status < 400 else Usage()
-        if trace.limits is not None:
-            self._limiter.settle(req.key.id, trace.limits, trace.limit_tokens, usage.total_tokens)
-        if trace.acc is not None:
-            self._router.settle_budget(trace.acc, trace.limit_tokens, usage.total_tokens)
-        cost = 0.0
-        r = trace.reservation
-        if r is not None:
-            cost = self._balances.settle(r, self._pricing.cost(r.price, req, usage) * r.multiplier)
-        self._ledger.append(
-            UsageRecord(
-                request_id=req.id,
-                ts=time.time() - latency,
-                key_id=req.key.id,
-                model=req.model,
-                endpoint=req.endpoint,
-                channel=trace.channel,
-                account=trace.account,
-                status=trace.status or 500,
-                end_reason=trace.end_reason,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                usage_source=usage.source,
-                latency_ms=round(latency * 1000, 3),
-                ttft_ms=None if trace.ttft is None else round(trace.ttft * 1000, 3),
-                stream=req.stream,
-                attempts=trace.attempts,
-                cost_usd=cost,
-                cache_read_tokens=usage.cached_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                client=trace.client,
-            )
-        )
-        self._metrics.observe_request(
-            req.model, trace.channel, trace.status or 500, latency, trace.ttft,
-            usage.prompt_tokens, usage.completion_tokens,
-        )
-        if self._availability is not None:  # a dict update: the history is written in the background
-            first_byte = latency if trace.ttft is None else trace.ttft
-            self._availability.observe_request(
-                req.model, trace.channel, trace.status or 500, trace.end_reason, first_byte * 1000, trace.exhausted,
-            )
+        self._books.record_rejected(request_id, key_id, endpoint, model, status, started, client)
 
 
 def _error_event(handler: StreamHandler, message: str, code: str = "upstream_error", dialect: str = "openai") -> bytes:
