@@ -5,14 +5,14 @@ BIN    := $(VENV)/bin
 CONFIG ?= config.yaml
 DEMO_UPSTREAM_PORT ?= 9100
 
-.PHONY: install run test bench clean
+.PHONY: install run test lint bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
 	touch $@
 
 # The demo upstream serves the `demo` model so a fresh machine gets answers without provider keys.
@@ -23,6 +23,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff over the code, the tests and the bench; mypy --strict over relay/ (settings in pyproject.toml, setup.cfg)
+lint: install
+	$(BIN)/ruff check relay tests bench
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m bench.run

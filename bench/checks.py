@@ -14,10 +14,27 @@ from bench.measure import TargetResult, fmt
 from bench.procs import CPU_SUT, PY, ROOT, preexec
 
 __all__ = [
-    "Check", "MAX_ADDED_TTFB_P99_MS", "MAX_CPU_RATIO", "MAX_PG_CPU_RATIO", "MAX_RSS_KB_PER_STREAM",
-    "MAX_RESPONSES_CPU_RATIO", "MAX_SAT_ADDED_TTFB_P99_MS", "MAX_SAT_CPU_RATIO", "MAX_WORKER_PRIVATE_MB",
-    "MAX_WORKERS_CPU_RATIO", "added_p99_paired", "cpu_per", "cpu_ratio", "median", "pg_checks", "relay_checks",
-    "responses_checks", "run_micro", "saturated_checks", "verdict", "workers_checks",
+    "MAX_ADDED_TTFB_P99_MS",
+    "MAX_CPU_RATIO",
+    "MAX_PG_CPU_RATIO",
+    "MAX_RESPONSES_CPU_RATIO",
+    "MAX_RSS_KB_PER_STREAM",
+    "MAX_SAT_ADDED_TTFB_P99_MS",
+    "MAX_SAT_CPU_RATIO",
+    "MAX_WORKERS_CPU_RATIO",
+    "MAX_WORKER_PRIVATE_MB",
+    "Check",
+    "added_p99_paired",
+    "cpu_per",
+    "cpu_ratio",
+    "median",
+    "pg_checks",
+    "relay_checks",
+    "responses_checks",
+    "run_micro",
+    "saturated_checks",
+    "verdict",
+    "workers_checks",
 ]
 
 Check = tuple[bool | None, str]  # (True: PASS, False: FAIL, None: SKIP; the line of the report)

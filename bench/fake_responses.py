@@ -38,8 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from bench.fake_responses_wire import (answer, bad_type, check, events, not_found,
-                                       parse_input, sse_event)
+from bench.fake_responses_wire import answer, bad_type, check, events, not_found, parse_input, sse_event
 from bench.fake_upstream import ApiError, Call, FakeUpstream, Reply
 
 __all__ = ["RESPONSES", "ResponseStore", "ResponsesFake", "Stored"]

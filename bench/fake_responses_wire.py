@@ -14,8 +14,7 @@ from typing import Any
 
 import orjson
 
-from bench.fake_upstream import (_IDS, _RUN, _SENTENCE, ApiError, _missing, _sample, _split,
-                                 _text_of, _tokens)
+from bench.fake_upstream import _IDS, _RUN, _SENTENCE, ApiError, _missing, _sample, _split, _text_of, _tokens
 
 __all__ = ["answer", "bad_type", "check", "events", "not_found", "parse_input", "sse_event",
            "uid"]

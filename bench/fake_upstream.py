@@ -277,7 +277,7 @@ def _split(text: str, n: int) -> list[str]:
     """Split ``text`` into exactly ``n`` non-empty pieces (fewer only if it is shorter)."""
     n = max(1, min(n, len(text)))
     cuts = [len(text) * i // n for i in range(n + 1)]
-    return [text[a:b] for a, b in zip(cuts, cuts[1:])]
+    return [text[a:b] for a, b in itertools.pairwise(cuts)]
 
 
 def _png() -> bytes:

@@ -36,15 +36,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import re
 import resource
 import sys
-import re
 import time
 
 import orjson
 import uvloop
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
-
 
 # a chat delta with non-empty text (the role preamble has "content":"")
 _CONTENT = re.compile(rb'"content":"[^"]')
@@ -64,7 +63,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    idx = min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))
+    idx = min(len(s) - 1, max(0, round(q / 100.0 * (len(s) - 1))))
     return s[idx]
 
 
@@ -143,7 +142,7 @@ class Load:
                     if self.responses and not completed:
                         seam = tail[-32:] + chunk
                         at = seam.find(_COMPLETED)
-                        completed = at == 0 and not tail or at > 0 and seam[at - 1 : at] == b"\n"
+                        completed = (at == 0 and not tail) or (at > 0 and seam[at - 1 : at] == b"\n")
                     tail = (tail + chunk)[-64:]
         finally:
             if opened:

@@ -16,8 +16,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from bench.procs import (CPU_AUX, NPROC, PY, ROOT, WATCH_PIDS, cpu_seconds, machine_busy_seconds,
-                         own_cpu_seconds, preexec, process_tree, rss_kb)
+from bench.procs import (
+    CPU_AUX,
+    NPROC,
+    PY,
+    ROOT,
+    WATCH_PIDS,
+    cpu_seconds,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    preexec,
+    process_tree,
+    rss_kb,
+)
 
 __all__ = ["Target", "TargetResult", "brief", "fmt", "merge", "outside_pct", "pct", "run_load"]
 
@@ -193,7 +204,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))]
+    return s[min(len(s) - 1, max(0, round(q / 100.0 * (len(s) - 1))))]
 
 
 def brief(r: dict) -> str:

@@ -26,7 +26,7 @@ from relay.prober import Prober
 from relay.router import Router
 from relay.upstream import Upstream
 
-__all__ = ["measure", "main"]
+__all__ = ["main", "measure"]
 
 
 async def measure(port: int, probes: int, accounts: int, concurrency: int) -> dict[str, float]:

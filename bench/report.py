@@ -70,7 +70,7 @@ def _interleaved(results: dict[str, TargetResult], prm: dict) -> list[str]:
         if not d or name == "direct" or d.st.get("ttfb_p50_ms") is None or st.get("ttfb_p50_ms") is None:
             continue
 
-        def diff(k: str) -> float | None:
+        def diff(k: str, st: dict = st) -> float | None:  # this round's st, bound now
             a, b = st.get(k), d.st.get(k)
             return None if a is None or b is None else a - b
 

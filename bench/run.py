@@ -36,10 +36,31 @@ from pathlib import Path
 from bench.checks import relay_checks, run_micro, verdict
 from bench.measure import Target, TargetResult
 from bench.phases import SATURATED_TARGETS, bench_interleaved, bench_saturated, bench_slow, bench_translated
-from bench.procs import (CPU_AUX, CPU_SUT, NPROC, ROOT, WATCH_PIDS, Proc, machine_busy_seconds, own_cpu_seconds,
-                         raise_nofile, start_baseline, start_fake)
-from bench.relays import (CLIENT_KEY, PG_URL, REDIS_URL, UPSTREAM_KEY, Scratch, check_relay_features, ledger_rows,
-                          mask, redis_reachable, start_relay)
+from bench.procs import (
+    CPU_AUX,
+    CPU_SUT,
+    NPROC,
+    ROOT,
+    WATCH_PIDS,
+    Proc,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    raise_nofile,
+    start_baseline,
+    start_fake,
+)
+from bench.relays import (
+    CLIENT_KEY,
+    PG_URL,
+    REDIS_URL,
+    UPSTREAM_KEY,
+    Scratch,
+    check_relay_features,
+    ledger_rows,
+    mask,
+    redis_reachable,
+    start_relay,
+)
 from bench.report import cpu_model, render
 from bench.workers import measure_workers
 
@@ -296,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     if [p for p in phases if p not in PHASES] or not phases:
         ap.error(f"--phases {args.phases}: expected a comma list of {', '.join(PHASES)}")
-    args.phases = [p for p in phases if not (p == "slow" and args.no_slow or p == "workers" and args.no_workers)]
+    args.phases = [p for p in phases if not ((p == "slow" and args.no_slow) or (p == "workers" and args.no_workers))]
     prm = dict(QUICK if args.quick else FULL)
     for item in args.set:
         name, _, value = item.partition("=")

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .egress import valid_proxy
@@ -92,7 +92,7 @@ class Spec:
                 if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", text):
                     raise FieldError(self.name, "must be an http:// or https:// URL.")
                 return text.rstrip("/")
-            if not text or len(text) > self.max_len or not text.isprintable() or "/" in text and self.create_only:
+            if not text or len(text) > self.max_len or not text.isprintable() or ("/" in text and self.create_only):
                 raise FieldError(
                     self.name, f"must be a non-empty string of at most {self.max_len} printable characters"
                     + (" without '/'." if self.create_only else "."),
@@ -218,7 +218,7 @@ def iso_time(text: str) -> float:
     """ISO 8601 -> unix seconds (a naive time or a bare date is UTC); ValueError if it is not one."""
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 

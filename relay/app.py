@@ -15,19 +15,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from . import (
-    channels, config_check, tokens, web_admin, web_admin_channels, web_admin_health, web_api, web_billing, web_gemini,
-    web_input, web_ops,
+    channels,
+    config_check,
+    tokens,
+    web_admin,
+    web_admin_channels,
+    web_admin_health,
+    web_api,
+    web_billing,
+    web_gemini,
+    web_input,
+    web_ops,
 )
+from .access_log import LOG_FORMAT, AccessLog, LineFormatter
 from .adapters import adapter_for
 from .auth import KeyCache, config_key_record
 from .availability import AvailabilityRecorder
 from .balances import Balances
 from .billing import Pricing
 from .bindings import ResponseBindings
-from .access_log import LOG_FORMAT, AccessLog, LineFormatter
 from .bindings_redis import RedisBindings
-from .client_addr import ClientAddress
 from .channel_watch import ChannelWatch
+from .client_addr import ClientAddress
 from .config import Config, ConfigError
 from .health import Outage
 from .health_redis import RedisState, SharedBudgets
@@ -35,14 +44,14 @@ from .health_service import HealthService
 from .http_server import RelayRunner
 from .journal import make_journal
 from .ledger import Ledger
-from .metrics import Metrics
 from .limits import LocalLimiter
 from .limits_redis import RedisLimiter
+from .metrics import Metrics
 from .middleware import errors_middleware, response_headers
 from .proxy import Proxy
 from .router import Router
-from .status_data import StatusBoard
 from .secretbox import SecretError, box_from_env
+from .status_data import StatusBoard
 from .storage import Storage, make_store
 from .upstream import Upstream
 from .workers import CONFIG_ERROR, RestartCounter, supervise
@@ -52,7 +61,7 @@ __all__ = ["AVAILABILITY", "HEALTH", "LEDGER", "PROXY", "ROUTER", "STORE", "buil
 log = logging.getLogger("relay")
 
 ROUTER = web.AppKey("router", Router)
-STORE = web.AppKey("store", Storage)  # type: ignore[type-abstract]
+STORE = web.AppKey("store", Storage)
 LEDGER = web.AppKey("ledger", Ledger)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
@@ -256,8 +265,8 @@ async def _serve(
     tokens.preload()
     runner, url = await start(cfg, host, port, reuse_port=workers > 1, workers=workers, slot=slot)
     if restarts is not None:
-        runner.app[METRICS].worker_restarts(restarts)  # type: ignore[union-attr]
-    models = ", ".join(runner.app[ROUTER].models()) or "none"  # type: ignore[union-attr]
+        runner.app[METRICS].worker_restarts(restarts)
+    models = ", ".join(runner.app[ROUTER].models()) or "none"
     log.info("relay listening on %s (pid %d; models: %s)", url, os.getpid(), models)
     if slot == 0 and (restarts is None or restarts() == 0):
         # once the start can no longer fail (a config error is then its one line), by one worker, once

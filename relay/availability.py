@@ -197,6 +197,6 @@ class AvailabilityRecorder:
                 return
             try:
                 await asyncio.wait_for(self._stop.wait(), self.flush_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             await self.flush_once()

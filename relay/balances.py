@@ -75,7 +75,7 @@ class LeaseStore(Protocol):
 
 
 class Reservation:
-    __slots__ = ("key_id", "amount", "price", "multiplier", "limited")
+    __slots__ = ("amount", "key_id", "limited", "multiplier", "price")
 
     def __init__(self, key_id: str, amount: float, price: PriceConfig, multiplier: float, limited: bool) -> None:
         self.key_id = key_id
@@ -89,8 +89,18 @@ class _Slice:
     """This process's share of one key's balance."""
 
     __slots__ = (
-        "lease", "unflushed", "reserved", "valid_until", "granted", "grants", "wanted", "least", "waiters", "used",
-        "unlimited", "free",
+        "free",
+        "granted",
+        "grants",
+        "lease",
+        "least",
+        "reserved",
+        "unflushed",
+        "unlimited",
+        "used",
+        "valid_until",
+        "waiters",
+        "wanted",
     )
 
     def __init__(self) -> None:
@@ -254,7 +264,7 @@ class Balances:
             if not self._asked:
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             self._wake.clear()
             asked, self._asked = self._asked, set()

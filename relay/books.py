@@ -26,8 +26,20 @@ class Trace:
     """What one request did; becomes its ledger row."""
 
     __slots__ = (
-        "status", "end_reason", "channel", "account", "attempts", "usage", "ttft", "completion_tokens", "reservation",
-        "limits", "limit_tokens", "acc", "exhausted", "client",
+        "acc",
+        "account",
+        "attempts",
+        "channel",
+        "client",
+        "completion_tokens",
+        "end_reason",
+        "exhausted",
+        "limit_tokens",
+        "limits",
+        "reservation",
+        "status",
+        "ttft",
+        "usage",
     )
 
     def __init__(self) -> None:

@@ -25,8 +25,15 @@ from .secretbox import SecretBox, SecretError
 from .store_api import ChannelRow, Storage, mask_url
 
 __all__ = [
-    "ChannelConflict", "ChannelService", "SECRET_FIELDS", "SecretRequired", "channel_fields", "config_of",
-    "key_prefix", "row_of_config", "seed",
+    "SECRET_FIELDS",
+    "ChannelConflict",
+    "ChannelService",
+    "SecretRequired",
+    "channel_fields",
+    "config_of",
+    "key_prefix",
+    "row_of_config",
+    "seed",
 ]
 
 SECRET_FIELDS = ("keys", "headers", "proxy")

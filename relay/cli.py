@@ -15,7 +15,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -23,13 +23,13 @@ import orjson
 
 from . import cli_channels
 from .config import Config, ConfigError, load_config
-from .errors import RelayError
 from .dbcopy import NotARelayDatabase, check_source, copy_sqlite
+from .errors import RelayError
+from .keys import LIMITS, KeyConflict, create_key, day_start, key_fields, resolve_key, revoke_key, top_up
+from .secretbox import SecretError, box_from_env
 from .storage import DATABASE_ERRORS, Storage, is_postgres, make_store, mask_url
 from .store_pg import PgStore
 from .types import KeyRecord
-from .secretbox import SecretError, box_from_env
-from .keys import LIMITS, KeyConflict, create_key, day_start, key_fields, resolve_key, revoke_key, top_up
 
 __all__ = ["main"]
 
@@ -347,7 +347,7 @@ def _money(usd: float | None) -> str:
 def _when(ts: float | None) -> str:
     if ts is None:
         return "never"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _status(k: KeyRecord) -> str:

@@ -16,7 +16,13 @@ from typing import Any
 
 from .admin_schema import CHANNEL_TYPES  # noqa: F401 - re-exported
 from .config_channels import (
-    ChannelConfig, ClientKeyConfig, PriceConfig, hash_key, parse_channels, parse_client_keys, parse_prices,
+    ChannelConfig,
+    ClientKeyConfig,
+    PriceConfig,
+    hash_key,
+    parse_channels,
+    parse_client_keys,
+    parse_prices,
 )
 from .config_health import HealthConfig, parse_health
 from .config_reasoning import parse_reasoning
@@ -182,12 +188,12 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         cors_origins=tuple(server.get_str_list("cors_origins", ["*"])),
         trusted_proxies=_cidrs(server, "trusted_proxies"),
     )
-    server.allow(*ServerConfig.__slots__)  # type: ignore[attr-defined]
+    server.allow(*ServerConfig.__slots__)
     t = root.child("timeouts")
-    t.allow(*TimeoutConfig.__slots__)  # type: ignore[attr-defined]
-    timeouts = TimeoutConfig(**{k: t.get_float(k, getattr(TimeoutConfig(), k)) for k in TimeoutConfig.__slots__})  # type: ignore[attr-defined]
+    t.allow(*TimeoutConfig.__slots__)
+    timeouts = TimeoutConfig(**{k: t.get_float(k, getattr(TimeoutConfig(), k)) for k in TimeoutConfig.__slots__})
     r = root.child("retry")
-    r.allow(*RetryConfig.__slots__)  # type: ignore[attr-defined]
+    r.allow(*RetryConfig.__slots__)
     retry = RetryConfig(
         attempts=r.get_int("attempts", RetryConfig().attempts, lo=1, hi=20),
         deadline=r.get_float("deadline", RetryConfig().deadline),
@@ -197,13 +203,13 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         failure_cooldown=r.get_float("failure_cooldown", RetryConfig().failure_cooldown, lo=0),
     )
     rt = root.child("routing")
-    rt.allow(*RoutingConfig.__slots__)  # type: ignore[attr-defined]
+    rt.allow(*RoutingConfig.__slots__)
     routing = RoutingConfig(
         sticky_ttl=rt.get_float("sticky_ttl", RoutingConfig().sticky_ttl, lo=1),
         response_ttl=rt.get_float("response_ttl", RoutingConfig().response_ttl, lo=60),
     )
     lg = root.child("ledger")
-    lg.allow(*LedgerConfig.__slots__)  # type: ignore[attr-defined]
+    lg.allow(*LedgerConfig.__slots__)
     ledger = LedgerConfig(
         flush_interval=lg.get_float("flush_interval", LedgerConfig().flush_interval),
         batch_size=lg.get_int("batch_size", LedgerConfig().batch_size, lo=1),
@@ -212,7 +218,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         journal_dir=lg.get_str("journal_dir", "") or None,
     )
     st = root.child("status")
-    st.allow(*StatusConfig.__slots__)  # type: ignore[attr-defined]
+    st.allow(*StatusConfig.__slots__)
     status = StatusConfig(
         title=st.get_str("title", StatusConfig().title) or StatusConfig().title,
         note=st.get_str("note", ""),

@@ -33,7 +33,7 @@ class HealthConfig:
 
 
 def parse_health(node: Node) -> HealthConfig:
-    node.allow(*HealthConfig.__slots__)  # type: ignore[attr-defined]
+    node.allow(*HealthConfig.__slots__)
     d = HealthConfig()
     webhook = node.get_str("webhook_url", "") or None
     if webhook is not None and not webhook.startswith(("http://", "https://")):

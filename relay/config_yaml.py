@@ -79,7 +79,7 @@ def _expand(value: Any, env: Mapping[str, str], path: str) -> Any:
 class Node:
     """A YAML value and its path, with typed getters that raise ConfigError naming the path."""
 
-    __slots__ = ("value", "path")
+    __slots__ = ("path", "value")
 
     def __init__(self, value: Any, path: str) -> None:
         self.value = value

@@ -114,7 +114,7 @@ def parse_rows(data: bytes) -> tuple[list[UsageRecord], int]:
 
 
 class _File:
-    __slots__ = ("path", "fd", "end", "dirty")
+    __slots__ = ("dirty", "end", "fd", "path")
 
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
@@ -126,7 +126,7 @@ class _File:
 class Orphan:
     """A journal of a process that is gone, locked by this one until `done` (replayed: removed) or `release`."""
 
-    __slots__ = ("path", "holder", "rows", "unreadable", "_fd")
+    __slots__ = ("_fd", "holder", "path", "rows", "unreadable")
 
     def __init__(self, path: str, fd: int, holder: str | None, rows: list[UsageRecord], unreadable: int) -> None:
         self.path = path

@@ -131,7 +131,7 @@ class Ledger:
         while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), self._cfg.flush_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             while self._rows and not self._closing:

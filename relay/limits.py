@@ -26,7 +26,7 @@ from typing import Protocol
 from .errors import RateLimited
 from .types import KeyRecord
 
-__all__ = ["Limiter", "NAMES", "TOKEN_BUCKETS", "WINDOWS", "Decision", "Limits", "LocalLimiter", "decide", "format_duration", "plan"]
+__all__ = ["NAMES", "TOKEN_BUCKETS", "WINDOWS", "Decision", "Limiter", "Limits", "LocalLimiter", "decide", "format_duration", "plan"]
 
 NAMES = ("rpm", "rpd", "tpm", "tpd", "ipm")
 WINDOWS = {"rpm": 60.0, "rpd": 86_400.0, "tpm": 60.0, "tpd": 86_400.0, "ipm": 60.0}
@@ -195,7 +195,7 @@ class _Shape:
     """What a set of limits asks of every request, worked out once: buckets in NAMES order as (name,
     capacity, window, kind), and which bucket speaks for the request and token headers."""
 
-    __slots__ = ("buckets", "_speakers")
+    __slots__ = ("_speakers", "buckets")
 
     def __init__(self, limits: Limits, share: int) -> None:
         self.buckets = tuple(

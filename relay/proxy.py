@@ -11,8 +11,8 @@ whatever its outcome, leaves exactly one ledger row (a refused one through `reco
 from __future__ import annotations
 
 import asyncio
-import math
 import logging
+import math
 import time
 
 from aiohttp import web
@@ -25,8 +25,8 @@ from .balances import Balances
 from .billing import Pricing, output_limit
 from .bindings import ResponseBindings
 from .books import Books, Trace
-from .endpoints import ENDPOINTS, Endpoint, mode_for
 from .config import Config
+from .endpoints import ENDPOINTS, Endpoint, mode_for
 from .errors import InvalidRequest, RateLimited, RelayError, UpstreamFailure, UpstreamUnavailable, stream_error_event
 from .ledger import Ledger
 from .limits import Limiter, Limits

@@ -14,7 +14,7 @@ __all__ = ["QuietLog"]
 
 
 class QuietLog:
-    __slots__ = ("_log", "_interval", "_clock", "_next", "_skipped")
+    __slots__ = ("_clock", "_interval", "_log", "_next", "_skipped")
 
     def __init__(self, log: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._log = log

@@ -107,7 +107,7 @@ class SSEEvent:
 class SSEParser:
     """Incremental SSE parser (the WHATWG algorithm): feed bytes, get whole events."""
 
-    __slots__ = ("_buf", "_event", "_data", "_id", "_has_data")
+    __slots__ = ("_buf", "_data", "_event", "_has_data", "_id")
 
     def __init__(self) -> None:
         self._buf = b""

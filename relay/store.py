@@ -21,7 +21,11 @@ from typing import Any
 import aiosqlite
 
 from .store_api import (
-    ADMIN_KEY_FIELDS, USAGE_COLUMNS, Availability, SchemaError, usage_row,
+    ADMIN_KEY_FIELDS,
+    USAGE_COLUMNS,
+    Availability,
+    SchemaError,
+    usage_row,
 )
 from .store_buckets import BucketsSql
 from .store_channels import SqliteChannels

@@ -21,7 +21,13 @@ from typing import Any
 import asyncpg
 
 from .store_api import (
-    KEY_COLUMNS, USAGE_COLUMNS, Availability, SchemaError, StoreError, column_value, usage_row,
+    KEY_COLUMNS,
+    USAGE_COLUMNS,
+    Availability,
+    SchemaError,
+    StoreError,
+    column_value,
+    usage_row,
 )
 from .store_pg_buckets import PgBucketsSql
 from .store_pg_channels import PgChannels

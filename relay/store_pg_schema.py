@@ -7,7 +7,7 @@ dollars are exact); times are unix seconds, as in SQLite. Applied by PgStore.ope
 
 from __future__ import annotations
 
-__all__ = ["CHANNEL_REV_LOCK", "MIGRATIONS", "SCHEMA_LOCK", "REV_LOCK"]
+__all__ = ["CHANNEL_REV_LOCK", "MIGRATIONS", "REV_LOCK", "SCHEMA_LOCK"]
 
 # pg_advisory_xact_lock keys (per database): one for migrations, one serializing key-table rev bumps.
 SCHEMA_LOCK = 0x72656C6179_0001  # "relay" 1

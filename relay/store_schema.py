@@ -5,7 +5,7 @@ order), recorded in the file's PRAGMA user_version. The versions mean the same a
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "COST_COLUMN"]
+__all__ = ["COST_COLUMN", "MIGRATIONS"]
 
 # Version 1: the schema as it stood when versions began (IF NOT EXISTS: a file from then already has it).
 _V1 = (

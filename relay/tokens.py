@@ -278,7 +278,7 @@ class CompletionCounter:
     nothing is ever decoded or tokenized below 16 KiB.
     """
 
-    __slots__ = ("model", "raw_bytes", "_parts", "_size", "_rest", "_counted")
+    __slots__ = ("_counted", "_parts", "_rest", "_size", "model", "raw_bytes")
 
     def __init__(self, model: str = "") -> None:
         self.model = model  # the encoding used for batches counted mid-stream

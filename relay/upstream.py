@@ -99,7 +99,7 @@ class Upstream:
                     ureq.method, ureq.url, headers=headers, data=body,
                     timeout=self._unary, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers,
                 )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamFailure("upstream sent no response in time", kind="timeout", status=504) from None
         except aiohttp.ClientProxyConnectionError:
             raise _proxy_failure("could not connect to the channel's proxy") from None
@@ -189,7 +189,7 @@ class Upstream:
                     proxy=proxy, proxy_headers=proxy_headers,
                 ) as resp:
                     return resp.status, resp.headers, await resp.content.read(MAX_ERROR_BODY)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamFailure("no answer in time", kind="timeout", status=504) from None
         except aiohttp.ClientProxyConnectionError:
             raise _proxy_failure("could not connect to the channel's proxy") from None

@@ -20,17 +20,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .admin_openapi import OPENAPI
 from .auth import KeyCache
 from .balances import Balances
 from .config import Config
-from .admin_openapi import OPENAPI
 from .errors import InvalidRequest, NotFound
 from .keys import create_key, day_start, key_fields, resolve_key, revoke_key, top_up
 from .storage import Storage, make_store
-from .web_admin_guard import Handler, admin_guard
 from .types import KeyRecord
+from .web_admin_guard import Handler, admin_guard
 
-__all__ = ["AdminDeps", "Handler", "OPENAPI", "add_routes", "admin_guard", "json_answer", "read_body"]
+__all__ = ["OPENAPI", "AdminDeps", "Handler", "add_routes", "admin_guard", "json_answer", "read_body"]
 
 USAGE_GROUPS = ("key", "model", "day")
 

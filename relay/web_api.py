@@ -26,7 +26,14 @@ from .proxy import Proxy
 from .router import Router
 from .types import FormField, KeyRecord, RelayRequest
 from .web_input import (
-    MAX_MODEL_CHARS, check_model_name, close_form, image_form, parse_json, read_body, read_form, validate,
+    MAX_MODEL_CHARS,
+    check_model_name,
+    close_form,
+    image_form,
+    parse_json,
+    read_body,
+    read_form,
+    validate,
     validate_messages,
 )
 from .web_models import Alternate, add_model_routes

@@ -15,7 +15,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import orjson
 from aiohttp import web
@@ -119,4 +119,4 @@ def _day(value: str | None, name: str) -> float:
         day = date.fromisoformat(value)
     except ValueError:
         raise InvalidRequest(f"'{name}' must be a date as YYYY-MM-DD.", param=name, code="invalid_date") from None
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()

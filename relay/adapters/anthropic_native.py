@@ -36,7 +36,7 @@ def _data(event: bytes) -> bytes:
 class AnthropicPassthrough:
     """The zero-copy stream path for Messages streams: whole events go out as they came in."""
 
-    __slots__ = ("usage", "done", "events", "_split", "_delivered", "_usage_raw")
+    __slots__ = ("_delivered", "_split", "_usage_raw", "done", "events", "usage")
 
     # The string values a client reads as completion: text_delta's text, input_json_delta's partial_json,
     # thinking_delta's thinking (raw JSON string bodies; a value never spans a line).

@@ -68,7 +68,7 @@ def _content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     for part in content:
         kind = part.get("type") if isinstance(part, Mapping) else None
         if kind == "text" or kind == "refusal":
-            text = part.get(kind)  # type: ignore[union-attr]
+            text = part.get(kind)
             if not isinstance(text, str):
                 raise InvalidRequest(f"{where}: a {kind} part needs a string '{kind}'.", param="messages")
             if text:
@@ -76,7 +76,7 @@ def _content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             else:
                 continue
         elif kind == "image_url":
-            blocks.append(_image_block(part, where))  # type: ignore[arg-type]
+            blocks.append(_image_block(part, where))
         else:
             raise InvalidRequest(f"{where}: content parts of type {kind!r} are not supported.", param="messages")
         if (cc := cache_control(part)) is not None:
@@ -109,27 +109,27 @@ def to_anthropic_messages(messages: Any) -> tuple[str | list[dict[str, Any]] | N
         where = f"messages[{i}]"
         role = m.get("role") if isinstance(m, Mapping) else None
         if role in ("system", "developer"):
-            text = _text_of(m.get("content"), where)  # type: ignore[union-attr]
+            text = _text_of(m.get("content"), where)
             if text:
                 system.append(text)
-                system_blocks += _system_blocks(m)  # type: ignore[arg-type]
+                system_blocks += _system_blocks(m)
             continue
         if role == "user":
-            blocks = _content_blocks(m.get("content"), where)  # type: ignore[union-attr]
+            blocks = _content_blocks(m.get("content"), where)
         elif role == "assistant":
             # thinking blocks sent back go first: the API wants them before the turn's tool_use
-            blocks = thinking_blocks_of(m) + _content_blocks(m.get("content"), where)  # type: ignore[arg-type, union-attr]
-            for call in m.get("tool_calls") or ():  # type: ignore[union-attr]
+            blocks = thinking_blocks_of(m) + _content_blocks(m.get("content"), where)
+            for call in m.get("tool_calls") or ():
                 blocks.append(_tool_use_block(call, where))
         elif role == "tool":
-            call_id = m.get("tool_call_id")  # type: ignore[union-attr]
+            call_id = m.get("tool_call_id")
             if not isinstance(call_id, str):
                 raise InvalidRequest(f"{where}: a tool message needs 'tool_call_id'.", param="messages")
-            text = _text_of(m.get("content"), where)  # type: ignore[union-attr]
+            text = _text_of(m.get("content"), where)
             result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
             if text:
                 result["content"] = text
-            content = m.get("content")  # type: ignore[union-attr]
+            content = m.get("content")
             marks = [cache_control(p) for p in content if cache_control(p)] if isinstance(content, list) else []
             if marks:
                 result["cache_control"] = marks[-1]

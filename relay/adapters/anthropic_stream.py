@@ -24,8 +24,20 @@ class AnthropicStream:
     """Messages API stream events in, OpenAI chat.completion.chunk events out. One per request."""
 
     __slots__ = (
-        "usage", "done", "events", "_parser", "_text", "_model", "_created", "_id", "_wants_usage",
-        "_schema_tool", "_schema_blocks", "_tool_index", "_finish", "_usage_raw",
+        "_created",
+        "_finish",
+        "_id",
+        "_model",
+        "_parser",
+        "_schema_blocks",
+        "_schema_tool",
+        "_text",
+        "_tool_index",
+        "_usage_raw",
+        "_wants_usage",
+        "done",
+        "events",
+        "usage",
     )
 
     def __init__(

@@ -70,7 +70,7 @@ class DeliveredText:
     upstream's usage before that is never scanned at all. Error events are never completion.
     """
 
-    __slots__ = ("_values", "_text", "_held", "_size")
+    __slots__ = ("_held", "_size", "_text", "_values")
 
     SCAN_BYTES = 2 * 1024
 

@@ -80,8 +80,20 @@ def _renamed(body: Mapping[str, Any], resource: str) -> dict[str, Any]:
 class GeminiPassthrough:
     """The zero-copy stream path for Gemini streams (see the module docstring)."""
 
-    __slots__ = ("done", "events", "headers", "_split", "_delivered", "_last_usage", "_usage", "_finished",
-                 "_expected", "_array", "_sent", "_errored")
+    __slots__ = (
+        "_array",
+        "_delivered",
+        "_errored",
+        "_expected",
+        "_finished",
+        "_last_usage",
+        "_sent",
+        "_split",
+        "_usage",
+        "done",
+        "events",
+        "headers",
+    )
 
     # The string values a client reads as completion: text parts (thoughts included), raw JSON bodies.
     TEXT_VALUES = re.compile(rb'"text":[ \t]*"([^"\\\n]*(?:\\.[^"\\\n]*)*)"')

@@ -108,7 +108,7 @@ def from_embeddings(obj: Mapping[str, Any], batch: bool) -> dict[str, Any]:
 
 
 class _Call:
-    __slots__ = ("id", "name", "args")
+    __slots__ = ("args", "id", "name")
 
     def __init__(self, cid: Any, name: Any) -> None:
         self.id, self.name = cid, name
@@ -118,8 +118,22 @@ class _Call:
 class GeminiChatStream:
     """OpenAI chat SSE in (from the channel's chat handler), Gemini stream events out. One per request."""
 
-    __slots__ = ("usage", "done", "events", "headers", "_inner", "_parser", "_model", "_id", "_array", "_sent",
-                 "_calls", "_finish", "_reasoning", "_ended")
+    __slots__ = (
+        "_array",
+        "_calls",
+        "_ended",
+        "_finish",
+        "_id",
+        "_inner",
+        "_model",
+        "_parser",
+        "_reasoning",
+        "_sent",
+        "done",
+        "events",
+        "headers",
+        "usage",
+    )
 
     def __init__(self, inner: StreamHandler, model: str, response_id: str, array: bool = False) -> None:
         self.usage: Usage | None = None

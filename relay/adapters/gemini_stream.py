@@ -24,8 +24,18 @@ class GeminiStream:
     """Gemini SSE (one GenerateContentResponse per event) -> OpenAI chat.completion.chunk frames."""
 
     __slots__ = (
-        "usage", "done", "events", "_parser", "_req", "_id", "_created", "_started", "_calls", "_finish",
-        "_meta", "_text",
+        "_calls",
+        "_created",
+        "_finish",
+        "_id",
+        "_meta",
+        "_parser",
+        "_req",
+        "_started",
+        "_text",
+        "done",
+        "events",
+        "usage",
     )
 
     def __init__(self, req: RelayRequest) -> None:

@@ -16,7 +16,12 @@ from ..sse import DONE, SSEParser, encode_event
 from ..tokens import CompletionCounter
 from ..types import Usage
 from .messages_output import (
-    STOP_REASONS, anthropic_message_id, chat_usage, new_tool_id, reasoning_of, to_anthropic_usage,
+    STOP_REASONS,
+    anthropic_message_id,
+    chat_usage,
+    new_tool_id,
+    reasoning_of,
+    to_anthropic_usage,
 )
 
 __all__ = ["MessagesStream"]
@@ -30,8 +35,19 @@ class MessagesStream:
     """OpenAI chat.completion.chunk events in, Anthropic Messages stream events out. One per request."""
 
     __slots__ = (
-        "usage", "done", "events", "_parser", "_text", "_model", "_id", "_started", "_block", "_blocks",
-        "_tools", "_finish", "_thinking",
+        "_block",
+        "_blocks",
+        "_finish",
+        "_id",
+        "_model",
+        "_parser",
+        "_started",
+        "_text",
+        "_thinking",
+        "_tools",
+        "done",
+        "events",
+        "usage",
     )
 
     def __init__(self, model: str, message_id: str | None = None) -> None:

@@ -65,7 +65,7 @@ class OpenAIPassthrough:
     """The zero-copy stream path: whole events go out as they came in (the text delivered is counted only
     when the upstream gives no usage: see DeliveredText)."""
 
-    __slots__ = ("usage", "done", "events", "_split", "_keep_usage_chunk", "_delivered")
+    __slots__ = ("_delivered", "_keep_usage_chunk", "_split", "done", "events", "usage")
 
     # A JSON string value the client reads as text (its raw body, escapes as written): content (and
     # reasoning_content), reasoning, refusal, legacy completions' text, tool-call arguments. The keys are

@@ -14,13 +14,14 @@ method and path.
 from __future__ import annotations
 
 import re
+
 import orjson
 
 from ..sse import EventSplitter, iter_events
 from ..tokens import CompletionCounter
 from ..types import RelayRequest, Usage
-from .base import DeliveredText, StreamHandler, extract_usage_object
 from .azure import AzureAdapter
+from .base import DeliveredText, StreamHandler, extract_usage_object
 from .openai import OpenAIAdapter, usage_from_openai
 
 __all__ = ["AzureResponsesNative", "ResponsesNative", "ResponsesPassthrough", "error_frame", "response_id_of"]
@@ -60,7 +61,7 @@ class ResponsesPassthrough:
     """Whole events go out as they came in; the text delivered (every `delta`) is counted only when no
     usage arrives (see DeliveredText)."""
 
-    __slots__ = ("usage", "done", "events", "response_id", "_binds", "_split", "_delivered", "_last")
+    __slots__ = ("_binds", "_delivered", "_last", "_split", "done", "events", "response_id", "usage")
 
     DELTAS = re.compile(rb'"delta":[ \t]*"([^"\\\n]*(?:\\.[^"\\\n]*)*)"')
 

@@ -47,7 +47,7 @@ _DONE = DONE.decode()
 
 
 class _Call:
-    __slots__ = ("index", "id", "call_id", "name", "args")
+    __slots__ = ("args", "call_id", "id", "index", "name")
 
     def __init__(self, index: int, fid: str, call_id: str, name: str) -> None:
         self.index, self.id, self.call_id, self.name = index, fid, call_id, name
@@ -58,9 +58,28 @@ class ResponsesStream:
     """OpenAI chat SSE in (from `inner` when given, else fed directly), Responses SSE events out."""
 
     __slots__ = (
-        "usage", "done", "events", "id", "response_id", "_inner", "_parser", "_text", "_body", "_model", "_created",
-        "_seq", "_started", "_ended", "_output", "_open", "_parts", "_part", "_chunks", "_calls", "_finish",
+        "_body",
+        "_calls",
+        "_chunks",
+        "_created",
+        "_ended",
+        "_finish",
+        "_inner",
+        "_model",
+        "_open",
+        "_output",
+        "_parser",
+        "_part",
+        "_parts",
         "_reasoning_tokens",
+        "_seq",
+        "_started",
+        "_text",
+        "done",
+        "events",
+        "id",
+        "response_id",
+        "usage",
     )
 
     def __init__(

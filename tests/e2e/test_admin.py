@@ -10,7 +10,7 @@ import hashlib
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -115,7 +115,7 @@ async def test_created_key_works_at_once(relay, http):
 
 
 async def test_create_with_every_field(relay, http):
-    expires = (datetime.now(timezone.utc) + timedelta(days=30)).replace(microsecond=0)
+    expires = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
     k = await create(http, relay, name="full", quota_usd=None, rpm=1, rpd=2, tpm=3, tpd=4, ipm=5,
                      models=[], expires_at=expires.isoformat(), ip_allow=["127.0.0.1", "10.0.0.0/8"], group="vip")
     assert k["granted_usd"] is None and k["remaining_usd"] is None
@@ -254,7 +254,7 @@ async def test_usage_by_key_model_and_day(relay, http):
         assert (await chat(http, relay, a["key"])).status == 200
     assert (await chat(http, relay, a["key"], "gpt-4o-mini")).status == 200
     assert (await chat(http, relay, b["key"])).status == 200
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
 
     rows: list[dict[str, Any]] = []
     for _ in range(100):  # the ledger writes every 50 ms in tests
@@ -279,7 +279,7 @@ async def test_usage_by_key_model_and_day(relay, http):
     assert {r["key"]: r["requests"] for r in everyone if r["key"] in (a["id"], b["id"])} == {a["id"]: 4, b["id"]: 1}
     # since: today includes them, tomorrow has none
     assert (await call(http, "GET", relay.url + f"/admin/usage?key={a['id']}&since={today}")).json["data"] == rows
-    tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
     assert (await call(http, "GET", relay.url + f"/admin/usage?since={tomorrow}")).json["data"] == []
     # the spent the key reports matches what the ledger charged it
     got = (await call(http, "GET", relay.url + f"/admin/keys/{a['id']}")).json

@@ -193,7 +193,7 @@ async def test_no_answer_and_no_database_byte_holds_a_key(relay_factory, upstrea
     assert statuses == [200, 200, 200, 200, 200, 409, 400, 200] and len(admin.seen) == 9
     for body in admin.seen:
         assert CANARY.encode() not in body and second_key.encode() not in body and CANARY[10:].encode() not in body
-    for i in range(4):
+    for _i in range(4):
         assert (await chat(http, relay.url, "live-model")).status == 200
     assert {r.key for r in upstream.records[-4:]} == {CANARY, second_key}
     await admin("DELETE", "/admin/channels/live")

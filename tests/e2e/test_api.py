@@ -624,4 +624,4 @@ async def test_ledger_keeps_no_prompt_or_key(client, relay):
     assert raw
     assert marker.encode() not in raw
     assert CLIENT_KEY.encode() not in raw
-    assert "zq-private-marker".encode() not in raw
+    assert b"zq-private-marker" not in raw

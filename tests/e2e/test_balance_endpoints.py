@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -43,7 +43,7 @@ async def chat(http: aiohttp.ClientSession, url: str, secret: str) -> None:
 
 def nextchat_window() -> str:
     """NextChat's ChatGPTApi.usage(): the first of this month to tomorrow."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     tomorrow = now + timedelta(days=1)
     return f"start_date={now:%Y-%m}-01&end_date={tomorrow:%Y-%m-%d}"
 
@@ -72,7 +72,7 @@ async def test_nextchat_reads_granted_and_spent_for_each_key_alone(
     relay_factory: RelayFactory, http: aiohttp.ClientSession
 ) -> None:
     relay = await relay_factory(prices=PRICES)
-    limited, lk = await add_key(relay.database, granted_usd=10.0, expires_at=EXPIRES)
+    limited, _lk = await add_key(relay.database, granted_usd=10.0, expires_at=EXPIRES)
     unlimited, _ = await add_key(relay.database)
     await wait_key(http, relay.url, limited)
     await wait_key(http, relay.url, unlimited)
@@ -97,7 +97,7 @@ async def test_nextchat_reads_granted_and_spent_for_each_key_alone(
         assert used["total_usage"] == 100.0
 
     # the end date is exclusive: a window ending today holds nothing spent today
-    today = datetime.now(timezone.utc)
+    today = datetime.now(UTC)
     status, used, _ = await get(
         http, f"{relay.url}/dashboard/billing/usage?start_date={today - timedelta(days=3):%Y-%m-%d}"
         f"&end_date={today:%Y-%m-%d}", limited,

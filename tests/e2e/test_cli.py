@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import orjson
 import pytest
 import yaml
 
-from tests.conftest import ROOT, CLIENT_KEY, Relay, RelayFactory, Upstream, relay_config
+from tests.conftest import CLIENT_KEY, ROOT, Relay, RelayFactory, Upstream, relay_config
 
 MSGS = [{"role": "user", "content": "Hello"}]
 SECRET = re.compile(r"sk-[A-Za-z0-9_-]{40,}")
@@ -178,7 +178,7 @@ async def test_usage_summary(config, relay, http):
     for _ in range(3):
         assert (await until(http, relay, secret, 200))[0] == 200
     key_id = field(run, "id")
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     rows: list[dict[str, Any]] = []
     for _ in range(50):  # the relay's ledger writes every 50 ms in tests
         usage = await cli("usage", "--config", str(config), "--key", key_id, "--json")
@@ -198,7 +198,7 @@ async def test_usage_summary(config, relay, http):
     assert table.lines[-1].startswith("total")
     everyone = await cli("usage", "--config", str(config))
     assert any(line.startswith(key_id) for line in everyone.lines)
-    tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
     later = await cli("usage", "--config", str(config), "--since", tomorrow)
     assert later.code == 0 and later.out.strip() == "(none)"
 

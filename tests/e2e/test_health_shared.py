@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis
 
 from bench.fake_upstream import status
 from relay.app import HEALTH, ROUTER

@@ -67,7 +67,7 @@ async def test_rpm_limit_headers_and_429(relay_factory: RelayFactory) -> None:
     h = seen[0][2]
     assert h["x-ratelimit-limit-requests"] == "3" and h["x-ratelimit-limit-tokens"] == "100000"
     assert h["x-ratelimit-reset-requests"].endswith("s")  # OpenAI's duration format, e.g. "20s"
-    status, body, headers = seen[3]
+    _status, body, headers = seen[3]
     assert body["error"]["code"] == "rate_limit_exceeded" and "RPM" in body["error"]["message"]
     assert 1 <= int(headers["Retry-After"]) <= 21
     async with openai.AsyncOpenAI(base_url=relay.v1, api_key=secret, max_retries=0) as client:

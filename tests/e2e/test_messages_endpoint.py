@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import pytest
-import aiohttp
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import ACCOUNTS, CLIENT_KEY, MODELS, Relay, Upstream, wait_ledger

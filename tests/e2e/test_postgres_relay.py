@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ async def test_cli_keys_and_usage_on_postgres(config: Path, relay: Relay, http: 
     assert keys[key_id]["name"] == "cli-made" and keys[key_id]["granted_usd"] == 2.0 and keys[key_id]["rpm"] == 600
     assert set(keys) == {key_id, "cfg-test"}
 
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     rows: list[dict[str, Any]] = []
     for _ in range(50):
         usage = await cli("usage", "--config", str(config), "--key", key_id, "--json")

@@ -11,7 +11,6 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import CLIENT_KEY
 from tests.e2e.test_gemini_channel import ASK, WEATHER, Env
 from tests.fakes import gemini_upstream as gem
 

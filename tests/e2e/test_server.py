@@ -25,7 +25,7 @@ async def test_a_client_that_never_finishes_its_headers_is_disconnected(relay_fa
                 if await asyncio.wait_for(reader.read(1024), 0.2) == b"":
                     closed_after = loop.time() - started
                     break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             except ConnectionError:
                 closed_after = loop.time() - started

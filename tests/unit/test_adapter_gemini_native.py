@@ -10,7 +10,7 @@ import pytest
 
 from relay.adapters import adapter_for
 from relay.adapters.gemini_native import GeminiNative, GeminiPassthrough
-from relay.errors import google_error_body, render_error, RelayError, stream_error_event
+from relay.errors import RelayError, google_error_body, render_error, stream_error_event
 from relay.types import KeyRecord, RelayRequest, Target
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -9,8 +9,8 @@ from typing import Any
 import openai
 import orjson
 import pytest
-from openai.types.responses import Response, ResponseStreamEvent
 from aiohttp import web
+from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from relay.adapters.anthropic import AnthropicAdapter
@@ -515,7 +515,7 @@ def test_over_gemini_stream() -> None:
     body = {"model": "gemini", "input": "Weather?", "tools": [FN], "stream": True}
     up = adapter.build_request(_req(body), _target("gemini", "gemini-2.5-flash"))
     assert up.url.endswith("/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
-    events, h = _composed(adapter, body, (DATA / "gemini_stream_tools.sse").read_bytes())
+    events, _h = _composed(adapter, body, (DATA / "gemini_stream_tools.sse").read_bytes())
     final = _final(events)
     assert [i["type"] for i in final["output"]] == ["message", "function_call", "function_call"]
     assert orjson.loads(final["output"][2]["arguments"])["note"] == "line\nbreak"

@@ -100,7 +100,7 @@ def test_calls_on_a_stored_response_keep_their_method_and_path(endpoint: str, me
     up = adapter_for("openai", endpoint).build_request(req, TARGET)
     assert (up.method, up.url, up.body) == (method, f"https://api.example/v1/{path}?limit=5", None)
     assert up.headers["Authorization"] == "Bearer sk-up"
-    body, usage = adapter_for("openai", endpoint).parse_response(req, 200, b'{"id":"resp_1","usage":{"input_tokens":9}}')
+    _body, usage = adapter_for("openai", endpoint).parse_response(req, 200, b'{"id":"resp_1","usage":{"input_tokens":9}}')
     assert usage is None  # never billed again
 
 

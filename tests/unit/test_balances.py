@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.balances import BalanceUnavailable, Balances, InsufficientQuota
+from relay.balances import Balances, BalanceUnavailable, InsufficientQuota
 from relay.config import PriceConfig
 from relay.errors import error_response
 from relay.store import Store

@@ -11,8 +11,20 @@ import openai
 import orjson
 import pytest
 
-from bench.fake_upstream import (DISCONNECTS, OPTIONS, RECORDS, SCRIPT, FakeOptions, build_app,
-                                 delay, hang, reset, stall_after, status, truncate_after)
+from bench.fake_upstream import (
+    DISCONNECTS,
+    OPTIONS,
+    RECORDS,
+    SCRIPT,
+    FakeOptions,
+    build_app,
+    delay,
+    hang,
+    reset,
+    stall_after,
+    status,
+    truncate_after,
+)
 
 MSGS = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 TOOLS = [{"type": "function", "function": {

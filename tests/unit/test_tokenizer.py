@@ -13,7 +13,15 @@ import pytest
 from relay import tokens
 from relay.config_yaml import ConfigError
 from relay.tokenizer import (
-    CL100K, KNOWN_COUNTS, O200K, SPECS, TokenizerError, _ranks, data_dir, load, self_check,
+    CL100K,
+    KNOWN_COUNTS,
+    O200K,
+    SPECS,
+    TokenizerError,
+    _ranks,
+    data_dir,
+    load,
+    self_check,
 )
 
 
