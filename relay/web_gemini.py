@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from aiohttp import web
 
+from .access_log import ACCESS, AccessNote
 from .adapters.gemini_request import camel_keys, to_chat_request
 from .auth import authenticate, check_key, extract_google_key, key_allows
 from .endpoints import ENDPOINTS, Endpoint
@@ -34,7 +35,7 @@ from .errors import InvalidRequest, NotFound, PermissionDenied, RelayError, Upst
 from .tokens import prompt_tokens
 from .types import KeyRecord, RelayRequest
 from .web_api import DIALECT, REQUEST_ID, ApiDeps
-from .web_input import parse_json, read_body
+from .web_input import check_model_name, parse_json, read_body
 
 __all__ = ["add_gemini_routes", "google_models"]
 
@@ -82,6 +83,7 @@ def google_models(deps: ApiDeps) -> Callable[[web.Request], Awaitable[web.Stream
 
 def _key(deps: ApiDeps, request: web.Request) -> KeyRecord:
     key = authenticate(deps.keys, request.headers, extract_google_key(request.headers, request.query))
+    request[ACCESS] = AccessNote(key.prefix, end_reason="rejected")  # the proxy's note replaces it if relayed
     check_key(key, request.remote, deps.keys.networks_of(key.id))
     return key
 
@@ -100,7 +102,7 @@ def _action_handler(deps: ApiDeps) -> Handler:
         endpoint = _METHODS.get(method)
         if not name or endpoint is None:
             raise NotFound(f"Method not found: {request.match_info['name']!r} names no model method of this API.")
-        model = ("tunedModels/" if tuned else "") + name
+        model = check_model_name(("tunedModels/" if tuned else "") + name)
         ep = ENDPOINTS[endpoint]
         if deps.ledger.full:
             raise UpstreamUnavailable("The relay is overloaded; retry shortly.", code="relay_overloaded")
