@@ -1,5 +1,6 @@
-"""Relay CPU per request with the ledger's journal on and off: `python -m bench.journal_ab [--rounds N]`.
+"""Relay CPU per request with the ledger's journal on and off: `python -m bench.journal_ab [--rounds N] [--all]`.
 
+With `--all` the second relay has the access log off too: what the journal and the access log cost together.
 Two relays on SQLite (`ledger.journal: true` / `false`) behind one fake upstream, loaded at the same time
 on the same CPU in each round (non-stream, then stream chat, keep-alive connections), so whatever else the
 machine runs weighs on both alike. Prints the median CPU microseconds per request of each, and the median
@@ -24,13 +25,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--all", action="store_true", help="the 'off' relay has the access log off as well")
     args = p.parse_args()
+    off_extra = "access_log: \"off\"\n" if args.all else ""
     with tempfile.TemporaryDirectory(prefix="relay-journal-ab-") as tmp:
         logdir = Path(tmp)
         fake = start_fake(logdir, "fake", chunks=8, chunk_delay_ms=0)
         relays = {
             on: start_relay(logdir, f"journal-{'on' if on else 'off'}", fake, key_args=None,
-                            extra=f"ledger: {{journal: {'true' if on else 'false'}}}\n")
+                            extra=f"ledger: {{journal: {'true' if on else 'false'}}}\n" + ("" if on else off_extra))
             for on in (True, False)
         }
         per_req: dict[tuple[bool, str], list[float]] = {}
@@ -55,7 +58,8 @@ def main() -> None:
         ons, offs = per_req[(True, mode)], per_req[(False, mode)]
         on, off = statistics.median(ons), statistics.median(offs)
         paired = statistics.median(a - b for a, b in zip(ons, offs))
-        print(f"{mode:>9}: journal on {on:6.1f} us/request, off {off:6.1f} us/request "
+        what = "journal + access log" if args.all else "journal"
+        print(f"{mode:>9}: {what} on {on:6.1f} us/request, off {off:6.1f} us/request "
               f"(median of the rounds' differences {paired:+.1f} us) over {args.rounds} rounds of {args.requests}; "
               f"on {' '.join(f'{x:.0f}' for x in ons)}, off {' '.join(f'{x:.0f}' for x in offs)}")
 

@@ -261,7 +261,11 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     scheme = database.split("://", 1)[0] if "://" in database else None
     if scheme is not None and scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"database: a SQLite file or a postgresql:// URL, not a {scheme}:// URL")
-    access_log = root.get_str("access_log", "text").lower()
+    raw_access = root.mapping().get("access_log")
+    if isinstance(raw_access, bool):  # YAML reads a bare `off` as false, `on` as true
+        access_log = "text" if raw_access else "off"
+    else:
+        access_log = root.get_str("access_log", "text").lower()
     if access_log not in ("text", "json", "off"):
         raise ConfigError("access_log: must be text, json or off")
     log_level = root.get_str("log_level", "info").lower()

@@ -151,3 +151,13 @@ def test_ledger_journal_keys(tmp_path: Path) -> None:
     assert cfg.ledger.journal_dir == str((tmp_path / "var" / "journal").resolve())  # relative to the config file
     with pytest.raises(ConfigError, match=r"^ledger\.journal: "):
         parse_config({"ledger": {"journal": "sometimes"}}, {})
+
+
+def test_access_log_off_as_yaml_writes_it() -> None:
+    import yaml
+
+    assert parse_config(yaml.safe_load("access_log: off"), {}).access_log == "off"  # YAML's false
+    assert parse_config(yaml.safe_load("access_log: json"), {}).access_log == "json"
+    assert parse_config({}, {}).access_log == "text"
+    with pytest.raises(ConfigError, match="access_log"):
+        parse_config({"access_log": "loud"}, {})
