@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from . import cli_channels
+from .cli_table import table
 from .config import Config, ConfigError, load_config
 from .dbcopy import NotARelayDatabase, check_source, copy_sqlite
 from .errors import RelayError
@@ -171,7 +172,7 @@ def _run_db_command(cfg: Config, args: argparse.Namespace) -> int:
             raise ConfigError(str(e)) from None
 
         async def command(store: Storage, args: argparse.Namespace) -> None:
-            await cli_channels.list_channels(store, cfg, box, args.json, _table)
+            await cli_channels.list_channels(store, cfg, box, args.json)
     else:
         command = {"create": _create, "list": _list, "revoke": _revoke, "topup": _topup}[args.action]
 
@@ -287,7 +288,7 @@ async def _list(store: Storage, args: argparse.Namespace) -> None:
          _money(None if k.granted_usd is None else k.granted_usd - k.spent_usd), _limits(k), _when(k.expires_at)]
         for k in keys
     ]
-    _table(["ID", "PREFIX", "NAME", "STATUS", "GRANTED", "SPENT", "REMAINING", "LIMITS", "EXPIRES"], rows, right=frozenset({4, 5, 6}))
+    table(["ID", "PREFIX", "NAME", "STATUS", "GRANTED", "SPENT", "REMAINING", "LIMITS", "EXPIRES"], rows, right=frozenset({4, 5, 6}))
 
 
 async def _revoke(store: Storage, args: argparse.Namespace) -> None:
@@ -316,18 +317,18 @@ async def _usage(store: Storage, args: argparse.Namespace) -> None:
             print(orjson.dumps(r).decode())
         return
     names = {k.id: k.name for k in await store.list_keys()}
-    table = [
+    lines = [
         [r["key"], names.get(r["key"], "?"), r["model"], r["day"], str(r["requests"]), str(r["ok"]),
          str(r["prompt_tokens"]), str(r["completion_tokens"]), f"${r['cost_usd']:.6f}"]
         for r in rows
     ]
     if rows:
-        table.append([
+        lines.append([
             "total", "", "", "", str(sum(r["requests"] for r in rows)), str(sum(r["ok"] for r in rows)),
             str(sum(r["prompt_tokens"] for r in rows)), str(sum(r["completion_tokens"] for r in rows)),
             f"${sum(r['cost_usd'] for r in rows):.6f}",
         ])
-    _table(["KEY", "NAME", "MODEL", "DAY", "REQUESTS", "OK", "PROMPT TOKENS", "COMPLETION TOKENS", "COST"], table,
+    table(["KEY", "NAME", "MODEL", "DAY", "REQUESTS", "OK", "PROMPT TOKENS", "COMPLETION TOKENS", "COST"], lines,
            right=frozenset({4, 5, 6, 7, 8}))
 
 
@@ -365,22 +366,6 @@ def _limits(k: KeyRecord) -> str:
     if k.group != "default":
         parts.append(f"group={k.group}")
     return " ".join(parts) or "-"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> None:
-    if not rows:
-        print("(none)")
-        return
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    print(line(header))
-    for row in rows:
-        print(line(row))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
 from .channels import ChannelService, seed
+from .cli_table import table
 from .config import Config
 from .prober import Prober
 from .router import Router
@@ -42,7 +42,6 @@ def add_parser(sub: Any) -> Any:
 
 async def list_channels(
     store: Storage, cfg: Config, box: SecretBox | None, json: bool,
-    table: Callable[[Sequence[str], Sequence[Sequence[str]]], None],
 ) -> None:
     await seed(store, cfg)
     service = ChannelService(store, box, cfg.channels)
@@ -71,7 +70,7 @@ def run_test(cfg: Config, args: argparse.Namespace) -> int:
         print(f"relay: no channel named {args.name!r} (channels with keys: {known})", file=sys.stderr)
         return 2
     rows, ok = asyncio.run(_test(cfg, [args.name] if args.name else names))
-    _table(("channel", "account", "state", "ok", "status", "latency_ms", "error"), rows, frozenset({1, 4, 5}))
+    table(("channel", "account", "state", "ok", "status", "latency_ms", "error"), rows, frozenset({1, 4, 5}), "(no channels)")
     for name in cfg.skipped_channels:
         print(f"(channel {name} skipped: no keys set)")
     return 0 if ok else 1
@@ -95,19 +94,3 @@ async def _test(cfg: Config, names: list[str]) -> tuple[list[list[str]], bool]:
         return rows, ok
     finally:
         await upstream.close()
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int]) -> None:
-    if not rows:
-        print("(no channels)")
-        return
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    print(line(header))
-    for row in rows:
-        print(line(row))

@@ -91,21 +91,27 @@ class AnthropicPassthrough:
             self.usage = from_anthropic_usage(self._usage_raw)
 
 
+def native_request(req: RelayRequest, target: Target, url: str) -> UpstreamRequest:
+    """The client's Messages-API body as it came (but for the model name) to `url`, with the account's key and
+    the client's anthropic-version / anthropic-beta."""
+    headers = {
+        "x-api-key": target.api_key,
+        "anthropic-version": req.headers.get("anthropic-version") or API_VERSION,
+        "content-type": "application/json",
+        **target.extra_headers,
+    }
+    beta = req.headers.get("anthropic-beta")
+    if beta:
+        headers["anthropic-beta"] = beta
+    body = req.body
+    if target.upstream_model != req.model and req.json is not None:
+        body = orjson.dumps({**req.json, "model": target.upstream_model})
+    return UpstreamRequest("POST", url, headers, body)
+
+
 class AnthropicNative:
     def build_request(self, req: RelayRequest, target: Target) -> UpstreamRequest:
-        headers = {
-            "x-api-key": target.api_key,
-            "anthropic-version": req.headers.get("anthropic-version") or API_VERSION,
-            "content-type": "application/json",
-            **target.extra_headers,
-        }
-        beta = req.headers.get("anthropic-beta")
-        if beta:
-            headers["anthropic-beta"] = beta
-        body = req.body
-        if target.upstream_model != req.model and req.json is not None:
-            body = orjson.dumps({**req.json, "model": target.upstream_model})
-        return UpstreamRequest("POST", messages_url(target.base_url), headers, body)
+        return native_request(req, target, messages_url(target.base_url))
 
     def parse_response(self, req: RelayRequest, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         return body, from_anthropic_usage(extract_usage_object(body))

@@ -18,7 +18,7 @@ import orjson
 from ..errors import InvalidRequest, UpstreamFailure
 from ..tokens_messages import count_messages_tokens
 from ..types import RelayRequest, Target, UpstreamRequest, Usage
-from .anthropic import API_VERSION
+from .anthropic_native import native_request
 from .base import StreamHandler, classify_status
 
 __all__ = ["AnthropicCountTokens", "LocalCountTokens", "count_tokens_url"]
@@ -35,20 +35,8 @@ def _no_stream(req: RelayRequest) -> StreamHandler:
 
 class AnthropicCountTokens:
     def build_request(self, req: RelayRequest, target: Target) -> UpstreamRequest:
-        headers = {
-            "x-api-key": target.api_key,
-            "anthropic-version": req.headers.get("anthropic-version") or API_VERSION,
-            "content-type": "application/json",
-            **target.extra_headers,
-        }
-        beta = req.headers.get("anthropic-beta")
-        if beta:
-            headers["anthropic-beta"] = beta
-        body = req.body
-        if target.upstream_model != req.model and req.json is not None:
-            body = orjson.dumps({**req.json, "model": target.upstream_model})
         url = count_tokens_url(target.base_url) + (f"?{req.query}" if req.query else "")
-        return UpstreamRequest("POST", url, headers, body)
+        return native_request(req, target, url)
 
     def parse_response(self, req: RelayRequest, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         return body, Usage(0, 0, "upstream")
