@@ -123,13 +123,15 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         StatusBoard(store, router, cfg.status, overloaded=lambda: ledger.full), cfg.metrics_token,
     )
 
+    budget = web_input.BodyBudget(cfg.server.max_inflight_body_bytes)
+    middleware = errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics, AccessLog(cfg.access_log), budget)
     app = web.Application(
-        middlewares=[errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics, AccessLog(cfg.access_log))],
+        middlewares=[middleware],
         client_max_size=cfg.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )
     app[ROUTER], app[STORE], app[LEDGER], app[PROXY], app[METRICS] = router, store, ledger, proxy, metrics
-    app[web_input.BODY_BUDGET] = web_input.BodyBudget(cfg.server.max_inflight_body_bytes)
+    app[web_input.BODY_BUDGET] = budget
     app[HEALTH] = health
     app[AVAILABILITY] = availability
     api = web_api.ApiDeps(cfg, keys, router, proxy, ledger, bindings)

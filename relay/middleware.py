@@ -20,6 +20,7 @@ from .errors import InvalidRequest, NotFound, RelayError, Unauthorized, error_re
 from .metrics import Metrics
 from .proxy import RATE_LIMIT_HEADERS
 from .quiet_log import QuietLog
+from .web_input import BodyBudget
 
 __all__ = ["OPS_PATHS", "errors_middleware", "response_headers"]
 
@@ -40,7 +41,7 @@ _AUTH_REASONS = frozenset({
 })
 
 
-def errors_middleware(client: ClientAddress, metrics: Metrics, access: AccessLog) -> Middleware:
+def errors_middleware(client: ClientAddress, metrics: Metrics, access: AccessLog, budget: BodyBudget) -> Middleware:
     # Request ids: a random prefix per process and a counter, so ids are unique across workers and
     # restarts and grow in order (cheap to index, no system call per request).
     prefix = "req_" + os.urandom(6).hex()
@@ -87,15 +88,15 @@ def errors_middleware(client: ClientAddress, metrics: Metrics, access: AccessLog
         rid = request[web_api.REQUEST_ID] = f"{prefix}{next(counter):012x}"
         if request.method == "OPTIONS":  # CORS preflight: answered here, for every path, without a key
             return await _preflight(request)
-        if not logging_on:
-            return await answer(request, handler)
         status = 499  # the client went away (the handler was cancelled) unless an answer says otherwise
         try:
             response = await answer(request, handler)
             status = response.status
             return response
         finally:
-            access.write(request, rid, status, started)
+            budget.release(request)  # the body it read is no longer held
+            if logging_on:
+                access.write(request, rid, status, started)
 
     return middleware
 

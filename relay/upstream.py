@@ -70,6 +70,8 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=True,
+            # cookies an upstream sets belong to no one here: never stored, never sent on another account's call
+            cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "relay", "Accept-Encoding": "identity"},
         )

@@ -33,8 +33,10 @@ MAX_MODEL_CHARS = 256
 class BodyBudget:
     """Request body bytes held in memory by requests in flight, against a cap (server.max_inflight_body_bytes).
 
-    Each body is held until its request ends (it is what goes upstream). Past the cap a new body is refused
-    with 503 and Retry-After rather than queued: the memory a burst of large bodies can take is bounded.
+    Each body is held until its request ends (it is what goes upstream): `take` notes it on the request and
+    the app's middleware calls `release` when the handler is done, whatever way it ends. Past the cap a new
+    body is refused with 503 and Retry-After rather than queued: the memory a burst of large bodies can take
+    is bounded.
     """
 
     __slots__ = ("cap", "held")
@@ -50,12 +52,17 @@ class BodyBudget:
                 status=503, code="relay_overloaded", headers={"Retry-After": "1"},
             )
         self.held += n
-        request.task.add_done_callback(lambda _: self._give(n))  # when the request's handler ends
+        request[_HELD] = request.get(_HELD, 0) + n
 
-    def _give(self, n: int) -> None:
-        self.held -= n
+    def release(self, request: web.Request) -> None:
+        """Give back what the request's bodies held (its handler has ended)."""
+        n = request.get(_HELD)
+        if n:
+            self.held -= n
+            request[_HELD] = 0
 
 
+_HELD = web.RequestKey("body_bytes_held", int)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 
 

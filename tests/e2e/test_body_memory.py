@@ -16,6 +16,7 @@ import orjson
 import pytest
 import yaml
 
+from relay.web_input import BODY_BUDGET
 from tests.conftest import CLIENT_KEY, RelayFactory
 from tests.procs import Processes
 
@@ -116,3 +117,23 @@ async def test_a_large_body_reaches_the_upstream_whole_and_not_chunked(relay_fac
     got = upstream.records[-1]
     assert got.body == body
     assert got.headers["Content-Length"] == str(len(body)) and "Transfer-Encoding" not in got.headers
+
+
+async def test_a_keep_alive_connection_gives_back_what_its_requests_held(relay_factory: RelayFactory) -> None:
+    """A body is held while its request is in flight, not for as long as the client's connection lives: one
+    connection sending bodies one after another, together far past the cap, is never refused."""
+    relay = await relay_factory(server={"max_inflight_body_bytes": MB})
+    budget = relay.app[BODY_BUDGET]
+    body = big_body(300 * 1024)
+    connector = aiohttp.TCPConnector(limit=1)  # one keep-alive connection for every request
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for i in range(12):  # 3.6 MB in all
+            async with http.post(relay.v1 + "/chat/completions", data=body, headers={
+                    "Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}) as resp:
+                assert resp.status == 200, (i, await resp.text())
+                await resp.read()
+            assert budget.held == 0
+        async with http.post(relay.v1 + "/chat/completions", data=big_body(10), headers={
+                "Authorization": f"Bearer {CLIENT_KEY}"}) as resp:  # a request refused before it reads a body
+            assert resp.status in (200, 400)
+    assert budget.held == 0
