@@ -8,12 +8,15 @@ writes the line when the handler is done, for every request, relayed or refused.
 A line is on the path of every request, so it is cheap: formatted once into one string, timestamp included
 (formatted once a second, `LineFormatter`), and written by the one handler `relay serve` sets up, under its
 lock, as it would write the record: the same bytes without logging's record, filters and formatting per
-line. When logging is set up otherwise (more handlers, filters: a test's log capture), the line goes
-through logging as a ready record instead.
+line. The lines of one turn of the event loop go out in one write when the turn ends (under load, many
+requests end in one turn: one system call for all of them, not one each). When logging is set up
+otherwise (more handlers, filters: a test's log capture), the line goes through logging as a ready record
+instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -40,10 +43,12 @@ _FILE = __file__
 
 
 class AccessLog:
-    __slots__ = ("format",)
+    __slots__ = ("_handler", "_pending", "format")
 
     def __init__(self, fmt: str) -> None:
         self.format = fmt  # text | json | off
+        self._pending: list[str] = []  # lines of this turn of the loop, written when it ends
+        self._handler: logging.StreamHandler | None = None  # type: ignore[type-arg]
         if fmt != "off":
             log.setLevel(logging.INFO)  # whatever log_level says: the access log has its own switch
 
@@ -69,19 +74,34 @@ class AccessLog:
             )
         handler = _only_handler()
         if handler is not None:  # logging as the relay sets it up: the line the handler would write, written
-            now = time.time()
-            text = "%s INFO relay.access: %s\n" % (handler.formatter.stamp(now), line)  # type: ignore[union-attr]
-            try:
-                with handler.lock:  # type: ignore[union-attr]
-                    handler.stream.write(text)
-                    handler.stream.flush()
-            except RecursionError:
-                raise
-            except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler reports it
-                handler.handleError(log.makeRecord(_NAME, logging.INFO, _FILE, 0, line, (), None))
+            text = "%s INFO relay.access: %s\n" % (handler.formatter.stamp(time.time()), line)  # type: ignore[union-attr]
+            if not self._pending:
+                try:
+                    asyncio.get_running_loop().call_soon(self._write)
+                except RuntimeError:  # no loop (a caller outside the server): at once
+                    self._handler = handler
+                    self._pending.append(text)
+                    self._write()
+                    return
+            self._handler = handler
+            self._pending.append(text)
             return
         # the record log.info would make, less its caller lookup (a walk up the stack: no format shows it)
         log.handle(log.makeRecord(_NAME, logging.INFO, _FILE, 0, line, (), None))
+
+    def _write(self) -> None:
+        handler, text = self._handler, "".join(self._pending)
+        self._pending.clear()
+        if handler is None or not text:
+            return
+        try:
+            with handler.lock:  # type: ignore[union-attr]
+                handler.stream.write(text)
+                handler.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler reports it
+            handler.handleError(log.makeRecord(_NAME, logging.INFO, _FILE, 0, text.rstrip("\n"), (), None))
 
 
 def _only_handler() -> logging.StreamHandler | None:  # type: ignore[type-arg]

@@ -275,6 +275,10 @@ async def _serve(
         for line in config_check.warnings(cfg, host):
             log.warning("%s", line)
     gc.freeze()  # what startup built lives for the whole run: keep it out of every collection
+    # Requests in flight hold thousands of tracked objects (about 10,000 at 50 in flight), nearly all freed
+    # by reference counting: at the default threshold (700) a young collection ran every few dozen
+    # requests and found nothing, about 5 % of the CPU under load. Cyclic garbage still gets collected.
+    gc.set_threshold(_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -283,6 +287,9 @@ async def _serve(
     log.info("shutting down: no new connections; finishing in-flight requests")
     await runner.cleanup()
     log.info("stopped")
+
+
+_YOUNG_THRESHOLD = 25_000
 
 
 def _run_loop(coro: Awaitable[None]) -> None:

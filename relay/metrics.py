@@ -6,17 +6,83 @@ failure kind). A model the relay does not serve is counted as `other`, so a clie
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_STATUS_CLASS = tuple(f"{n}xx" for n in range(6))
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LE = (*(repr(float(b)) for b in _LATENCY_BUCKETS), "+Inf")  # as Prometheus clients write `le`: 1.0, 2.5
+
+
+class _Hist:
+    """One histogram's figures: observations per bucket (not cumulative) and their sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last: past every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(_LATENCY_BUCKETS, value)] += 1  # le: the first bound >= value
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for le, n in zip(_LE, self.counts):
+            total += n
+            out.append((le, total))
+        return out
+
+
+class _ModelFigures:
+    __slots__ = ("completion", "latency", "prompt", "ttft")
+
+    def __init__(self) -> None:
+        self.latency, self.ttft = _Hist(), _Hist()
+        self.prompt = self.completion = 0
+
+
+class _RequestsCollector(Collector):
+    """relay_requests_total, relay_request_duration_seconds, relay_time_to_first_token_seconds and
+    relay_tokens_total from plain numbers the request path adds to: a request costs a few additions, not a
+    lock and a bucket walk per series (prometheus_client's own types), and the families are built when
+    scraped."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}  # (model, channel, status class) -> requests
+        self.models: dict[str, _ModelFigures] = {}
+
+    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily(
+            "relay_requests", "Client requests by model, channel and status class", labels=["model", "channel", "status"],
+        )
+        for labels, n in self.requests.items():
+            requests.add_metric(labels, n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "relay_request_duration_seconds", "Time from request to the end of the response", labels=["model"],
+        )
+        ttft = HistogramMetricFamily(
+            "relay_time_to_first_token_seconds", "Time from request to the first byte of a stream", labels=["model"],
+        )
+        tokens = CounterMetricFamily("relay_tokens", "Tokens by model and kind", labels=["model", "kind"])
+        for model, f in self.models.items():
+            latency.add_metric([model], f.latency.buckets(), f.latency.sum)
+            ttft.add_metric([model], f.ttft.buckets(), f.ttft.sum)
+            tokens.add_metric([model, "prompt"], f.prompt)
+            tokens.add_metric([model, "completion"], f.completion)
+        yield latency
+        yield ttft
+        yield tokens
 
 
 class _RotationCollector(Collector):
@@ -125,24 +191,13 @@ class Metrics:
     ) -> None:
         self.models = frozenset(models)
         r = self.registry = CollectorRegistry()
-        self._requests = Counter(
-            "relay_requests", "Client requests by model, channel and status class",
-            ["model", "channel", "status"], registry=r,
-        )
-        self._latency = Histogram(
-            "relay_request_duration_seconds", "Time from request to the end of the response",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self._ttft = Histogram(
-            "relay_time_to_first_token_seconds", "Time from request to the first byte of a stream",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
+        self._figures = _RequestsCollector()
+        r.register(self._figures)
         self.active_streams = Gauge("relay_active_streams", "Streams being relayed now", registry=r)
         self._upstream_errors = Counter(
             "relay_upstream_errors", "Failed upstream attempts by channel and reason",
             ["channel", "reason"], registry=r,
         )
-        self._tokens = Counter("relay_tokens", "Tokens by model and kind", ["model", "kind"], registry=r)
         self.ledger_pending = Gauge("relay_ledger_pending_rows", "Usage rows waiting to be written", registry=r)
         self.ledger_flush = Histogram(
             "relay_ledger_flush_seconds", "Time to write one batch of usage rows", registry=r,
@@ -165,37 +220,24 @@ class Metrics:
         r.register(_RotationCollector(out_of_rotation))
         if shared_state is not None:  # limits.backend: redis
             r.register(_SharedStateCollector(shared_state))
-        # (model, channel, status class) -> bound children; bounded like the labels themselves
-        self._children: dict[tuple[str, str | None, int], tuple[Any, ...]] = {}
 
     def observe_request(
         self, model: str, channel: str | None, status: int, seconds: float, ttft: float | None,
         prompt_tokens: int, completion_tokens: int,
     ) -> None:
-        key = (model if model in self.models else "other", channel, status // 100)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = self._bind(*key)
-        requests, latency, ttft_hist, prompt, completion = children
-        requests.inc()
-        latency.observe(seconds)
+        if model not in self.models:
+            model = "other"
+        f = self._figures
+        labels = (model, channel or "none", _STATUS_CLASS[status // 100] if status < 600 else f"{status // 100}xx")
+        f.requests[labels] = f.requests.get(labels, 0) + 1
+        m = f.models.get(model)
+        if m is None:
+            m = f.models[model] = _ModelFigures()
+        m.latency.observe(seconds)
         if ttft is not None:
-            ttft_hist.observe(ttft)
-        if prompt_tokens:
-            prompt.inc(prompt_tokens)
-        if completion_tokens:
-            completion.inc(completion_tokens)
-
-    def _bind(self, model: str, channel: str | None, status_class: int) -> tuple[Any, ...]:
-        """Label lookups done once per label set, not per request."""
-        m = model
-        return (
-            self._requests.labels(m, channel or "none", f"{status_class}xx"),
-            self._latency.labels(m),
-            self._ttft.labels(m),
-            self._tokens.labels(m, "prompt"),
-            self._tokens.labels(m, "completion"),
-        )
+            m.ttft.observe(ttft)
+        m.prompt += prompt_tokens
+        m.completion += completion_tokens
 
     def rate_limiter(self, source: Callable[[], tuple[bool, int]]) -> None:
         self.registry.register(_RateLimiterCollector(source))

@@ -83,7 +83,7 @@ class StreamReplies:
                     trace.completion_tokens = handler.completion.tokens(req.model)
             return out
         finally:
-            resp.close()
+            chunks.close()
 
     async def _pump(
         self, chunks: object, handler: StreamHandler, out: web.StreamResponse, trace: Trace, dialect: str
@@ -118,6 +118,7 @@ class StreamReplies:
         self, request: web.Request, trace: Trace, resp: UpstreamResponse, account: Account, content_type: str
     ) -> web.StreamResponse:
         """Binary bodies (speech audio): streamed through as they arrive."""
+        chunks = self._upstream.chunks(resp)
         try:
             out = web.StreamResponse(status=resp.status, headers={"Content-Type": content_type})
             if resp.content_length is not None:
@@ -126,7 +127,7 @@ class StreamReplies:
             await out.prepare(request)
             trace.status = resp.status
             try:
-                async for chunk in self._upstream.chunks(resp):
+                async for chunk in chunks:
                     await out.write(chunk)
             except ConnectionError:
                 trace.end_reason = "client_disconnected"
@@ -136,7 +137,7 @@ class StreamReplies:
                     request.transport.close()  # a cut body must look cut to the client, not complete
             return out
         finally:
-            resp.close()
+            chunks.close()
 
     def _bind(self, handler: StreamHandler, req: RelayRequest, account: Account) -> None:
         """Bind the upstream's state id (a Responses API response) to the account, once it is known."""

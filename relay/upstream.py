@@ -1,8 +1,11 @@
 """The only user of aiohttp's client: one pooled session, the timeouts, and failure classification.
 
-Timeouts differ by call kind. A unary call has a total deadline. A stream has a first-byte deadline (until
-response headers) and an idle deadline between chunks, never a total one: a long answer may stream for
-many minutes. Errors never carry the upstream URL or key; they name what failed, not where.
+Timeouts differ by call kind. A unary call has a deadline for its response headers and one for its body
+(`unary` each). A stream has a first-byte deadline (until response headers) and an idle deadline between
+chunks, never a total one: a long answer may stream for many minutes. They are kept by one timer for all
+calls (relay/deadlines.py), not by aiohttp's timer per call and per chunk; only a new connection's
+`connect` deadline is aiohttp's. Errors never carry the upstream URL or key; they name what failed, not
+where.
 
 A request may name an HTTP proxy (its channel's `proxy`): the connection then goes through it (CONNECT for
 https upstreams, absolute-URI requests for http ones), with the URL's credentials sent as
@@ -22,6 +25,7 @@ import aiohttp
 from yarl import URL
 
 from .config import TimeoutConfig
+from .deadlines import Deadline, Deadlines
 from .errors import UpstreamFailure
 from .types import UpstreamRequest
 
@@ -57,10 +61,8 @@ class Upstream:
         self._t = timeouts
         self._max_response = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
-        self._unary = aiohttp.ClientTimeout(total=timeouts.unary, sock_connect=timeouts.connect)
-        # sock_read is the idle deadline between chunks (it also bounds the wait for headers, so the
-        # first-byte deadline in effect is min(first_byte, idle))
-        self._stream = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle)
+        self._connect = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
+        self.deadlines = Deadlines(min(0.05, timeouts.connect / 4))
         self._proxies: dict[str, _ProxyTo] = {}
 
     async def start(self) -> None:
@@ -90,16 +92,10 @@ class Upstream:
             headers = {**headers, "Content-Length": str(len(body))}  # sent as it is, not chunked
             body = _pieces(body)
         try:
-            if stream:
-                async with asyncio.timeout(self._t.first_byte):
-                    resp = await self._session.request(
-                        ureq.method, ureq.url, headers=headers, data=body,
-                        timeout=self._stream, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers,
-                    )
-            else:
+            with self.deadlines.within(self._t.first_byte if stream else self._t.unary):
                 resp = await self._session.request(
                     ureq.method, ureq.url, headers=headers, data=body,
-                    timeout=self._unary, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers,
+                    timeout=self._connect, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers,
                 )
         except TimeoutError:
             raise UpstreamFailure("upstream sent no response in time", kind="timeout", status=504) from None
@@ -154,24 +150,26 @@ class Upstream:
             resp.close()
             raise UpstreamFailure("upstream response too large", kind="server", status=502)
         try:
-            if resp.content_length is not None:
-                return await resp.read()
-            parts: list[bytes] = []
-            size = 0
-            async for piece in resp.content.iter_any():
-                size += len(piece)
-                if size > self._max_response:
-                    resp.close()
-                    raise UpstreamFailure("upstream response too large", kind="server", status=502)
-                parts.append(piece)
-            return b"".join(parts)
+            with self.deadlines.within(self._t.unary):
+                if resp.content_length is not None:
+                    return await resp.read()
+                parts: list[bytes] = []
+                size = 0
+                async for piece in resp.content.iter_any():
+                    size += len(piece)
+                    if size > self._max_response:
+                        resp.close()
+                        raise UpstreamFailure("upstream response too large", kind="server", status=502)
+                    parts.append(piece)
+                return b"".join(parts)
         except READ_ERRORS:
             resp.close()
             raise UpstreamFailure("upstream response was cut off", kind="server", status=502) from None
 
     async def read_error(self, resp: UpstreamResponse) -> bytes:
         try:
-            return await resp.content.read(MAX_ERROR_BODY)
+            with self.deadlines.within(self._t.first_byte):
+                return await resp.content.read(MAX_ERROR_BODY)
         except READ_ERRORS:
             return b""
         finally:
@@ -202,9 +200,43 @@ class Upstream:
         except (aiohttp.ClientError, ConnectionError) as e:
             raise UpstreamFailure(f"connection failed ({type(e).__name__})", kind="connect", status=502) from None
 
-    @staticmethod
-    def chunks(resp: UpstreamResponse) -> AsyncIterator[bytes]:
-        return resp.content.iter_any()
+    def chunks(self, resp: UpstreamResponse) -> Chunks:
+        """The body as it arrives, each piece within `idle` of the last (past it the response is closed and
+        the read under way fails as a cut body). Close it when done."""
+        return Chunks(resp, self.deadlines, self._t.idle)
+
+
+class Chunks:
+    __slots__ = ("_deadline", "_idle", "_pieces", "_resp", "_stalled")
+
+    def __init__(self, resp: UpstreamResponse, deadlines: Deadlines, idle: float) -> None:
+        self._resp, self._idle = resp, idle
+        self._pieces = resp.content.iter_any()
+        self._stalled = False
+        self._deadline: Deadline = deadlines.arm(idle, self._stall)
+
+    def _stall(self) -> None:
+        self._stalled = True
+        self._resp.close()  # the read under way fails
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            piece = await self._pieces.__anext__()
+        except BaseException:
+            self.close()
+            if self._stalled:
+                raise TimeoutError("no data within the idle deadline") from None
+            raise
+        self._deadline.extend(self._idle)
+        return piece
+
+    def close(self) -> None:
+        """Done with the body: the deadline is disarmed and the response closed."""
+        self._deadline.disarm()
+        self._resp.close()
 
 
 def _env_proxy(url: URL) -> URL | None:

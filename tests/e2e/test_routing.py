@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.fake_upstream import delay, hang, reset, stall_after, status, truncate_after
+from relay.app import PROXY
 from tests.conftest import ACCOUNTS, CLIENT_KEY, MODELS, Relay, Upstream
 
 T = TypeVar("T")
@@ -302,6 +303,21 @@ async def test_first_byte_timeout_fails_over_on_a_stream(relay_factory, upstream
     await upstream.disconnects.wait(1, timeout=1.0)
 
 
+async def test_unary_deadline_fails_over_and_hangs_up(relay_factory, upstream, sdk):
+    relay = await relay_factory(timeouts={"unary": 0.5})
+    client = sdk(relay)
+    upstream.script["acct-0"] = [hang()]
+    started = time.monotonic()
+    content, text = await until_consumed(upstream, "acct-0", lambda c: ask(client, c))
+    assert time.monotonic() - started < 4
+    assert text.startswith("Hello! This is the demo model.")
+    tried = attempts_of(upstream, content)
+    assert len(tried) == 2 and tried[0] == "acct-0" and tried[1] != "acct-0"
+    await upstream.disconnects.wait(1, timeout=1.0)
+    deadlines = relay.app[PROXY]._upstream.deadlines  # noqa: SLF001
+    assert deadlines._armed == 0  # noqa: SLF001 - nothing left armed once the calls ended
+
+
 async def test_401_fails_over_and_account_leaves_rotation(relay, upstream, sdk, http):
     client = sdk(relay)
     upstream.script["acct-2"] = [status(401)]
@@ -378,8 +394,11 @@ async def test_chat_stream_breaking_after_its_preamble_is_an_error_not_a_retry(r
 # -- 4. no retry once bytes went out ---------------------------------------------------------------------
 
 
+stall_after_2 = stall_after(2)
+
+
 @pytest.mark.parametrize(
-    "action", [stall_after(2), truncate_after(2), truncate_after(2, clean=True)], ids=["stall", "reset", "clean-eof"]
+    "action", [stall_after_2, truncate_after(2), truncate_after(2, clean=True)], ids=["stall", "reset", "clean-eof"]
 )
 async def test_stream_failing_midway_ends_with_an_error_event(relay_factory, upstream, http, action):
     relay = await relay_factory(timeouts={"idle": 0.5})
@@ -399,7 +418,8 @@ async def test_stream_failing_midway_ends_with_an_error_event(relay_factory, ups
     assert len(events) == 4, events
     for e in events[:3]:
         assert orjson.loads(e)["object"] == "chat.completion.chunk"
-    assert_openai_error(orjson.loads(events[3]))
+    error = assert_openai_error(orjson.loads(events[3]))
+    assert ("stalled" in error["message"]) == (action is stall_after_2), error  # the idle deadline, named
     assert b"[DONE]" not in raw
     assert len(attempts_of(upstream, content)) == 1  # never retried once bytes went out
 
