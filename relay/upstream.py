@@ -1,5 +1,9 @@
 """The only user of aiohttp's client: one pooled session, the timeouts, and failure classification.
 
+Direct calls (requests, health probes, webhooks) go through relay/http1.py (keep-alive connections, a third
+of aiohttp's client CPU per call); calls through a channel's egress proxy through aiohttp's client. Both
+answer with an UpstreamResponse, read the same way.
+
 Timeouts differ by call kind. A unary call has a deadline for its response headers and one for its body
 (`unary` each). A stream has a first-byte deadline (until response headers) and an idle deadline between
 chunks, never a total one: a long answer may stream for many minutes. They are kept by one timer for all
@@ -19,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
 from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
 from yarl import URL
 
+from . import http1
 from .config import TimeoutConfig
 from .deadlines import Deadline, Deadlines
 from .errors import UpstreamFailure
@@ -31,10 +37,46 @@ from .types import UpstreamRequest
 
 __all__ = ["READ_ERRORS", "Upstream", "UpstreamResponse"]
 
-UpstreamResponse = aiohttp.ClientResponse
+
+class UpstreamResponse(Protocol):
+    status: int
+    content_length: int | None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Case-insensitive."""
+
+    async def piece(self) -> bytes:
+        """The next piece of the body (b"" at its end)."""
+
+    async def read(self, limit: int | None = None) -> bytes: ...
+    def close(self) -> None: ...
+    def release(self) -> None: ...
+
+
+class _Proxied:
+    """A response of aiohttp's client (a call through an egress proxy), read like http1.Response."""
+
+    __slots__ = ("_r", "content_length", "headers", "status")
+
+    def __init__(self, r: aiohttp.ClientResponse) -> None:
+        self._r, self.status, self.headers, self.content_length = r, r.status, r.headers, r.content_length
+
+    async def piece(self) -> bytes:
+        return await self._r.content.readany()
+
+    async def read(self, limit: int | None = None) -> bytes:
+        return await (self._r.read() if limit is None else self._r.content.read(limit))
+
+    def close(self) -> None:
+        self._r.close()
+
+    def release(self) -> None:
+        self._r.release()
+
 
 # What reading an upstream body can raise: a reset, a cut chunked body, an idle timeout.
-READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, http1.HttpError)
 
 # 64 KiB: enough for any provider's error document; more is not worth holding.
 MAX_ERROR_BODY = 64 * 1024
@@ -64,6 +106,7 @@ class Upstream:
         self._connect = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
         self.deadlines = Deadlines(min(0.05, timeouts.connect / 4))
         self._proxies: dict[str, _ProxyTo] = {}
+        self._pool = http1.Pool(keepalive=30.0)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -79,18 +122,35 @@ class Upstream:
         )
 
     async def close(self) -> None:
+        self._pool.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def open(self, ureq: UpstreamRequest, stream: bool) -> UpstreamResponse:
         """Send the request and wait for the response headers."""
-        assert self._session is not None, "Upstream.start() was not awaited"
-        headers, proxy, proxy_headers = self._route(ureq)
+        headers: Mapping[str, str] = ureq.headers
         body = ureq.body() if callable(ureq.body) else ureq.body
         if isinstance(body, (bytes, bytearray)) and len(body) > _PACED_BODY:
             headers = {**headers, "Content-Length": str(len(body))}  # sent as it is, not chunked
             body = _pieces(body)
+        if ureq.proxy:
+            return await self._open_proxied(ureq, headers, body, stream)
+        try:
+            with self.deadlines.within(self._t.first_byte if stream else self._t.unary):
+                return await self._pool.request(ureq.method, ureq.url, headers, body, self._t.connect)
+        except TimeoutError:
+            raise UpstreamFailure("upstream sent no response in time", kind="timeout", status=504) from None
+        except http1.ConnectFailed:
+            raise UpstreamFailure("could not connect to upstream", kind="connect", status=502) from None
+        except (http1.HttpError, ConnectionError) as e:
+            raise UpstreamFailure(f"upstream connection failed ({type(e).__name__})", kind="connect", status=502) from None
+
+    async def _open_proxied(
+        self, ureq: UpstreamRequest, headers: Mapping[str, str], body: bytes | AsyncIterator[bytes] | None, stream: bool,
+    ) -> UpstreamResponse:
+        assert self._session is not None, "Upstream.start() was not awaited"
+        headers, proxy, proxy_headers = self._route(ureq, headers)
         try:
             with self.deadlines.within(self._t.first_byte if stream else self._t.unary):
                 resp = await self._session.request(
@@ -110,11 +170,13 @@ class Upstream:
         if resp.status == 407 and proxy is not None:  # an http upstream's request, refused by the proxy itself
             resp.close()
             raise _proxy_failure("the channel's proxy refused the connection (HTTP 407)")
-        return resp
+        return _Proxied(resp)
 
-    def _route(self, ureq: UpstreamRequest) -> tuple[Mapping[str, str], URL | None, dict[str, str] | None]:
+    def _route(
+        self, ureq: UpstreamRequest, headers: Mapping[str, str] | None = None,
+    ) -> tuple[Mapping[str, str], URL | None, dict[str, str] | None]:
         """The request's headers, the proxy to go through (None: direct) and the headers of its CONNECT."""
-        headers: Mapping[str, str] = ureq.headers
+        headers = ureq.headers if headers is None else headers
         proxy, proxy_auth = self._proxy_for(ureq) if ureq.proxy else (None, None)
         proxy_headers = None
         if proxy_auth is not None:
@@ -151,17 +213,15 @@ class Upstream:
             raise UpstreamFailure("upstream response too large", kind="server", status=502)
         try:
             with self.deadlines.within(self._t.unary):
-                if resp.content_length is not None:
-                    return await resp.read()
                 parts: list[bytes] = []
                 size = 0
-                async for piece in resp.content.iter_any():
+                while piece := await resp.piece():
                     size += len(piece)
                     if size > self._max_response:
                         resp.close()
                         raise UpstreamFailure("upstream response too large", kind="server", status=502)
                     parts.append(piece)
-                return b"".join(parts)
+                return parts[0] if len(parts) == 1 else b"".join(parts)
         except READ_ERRORS:
             resp.close()
             raise UpstreamFailure("upstream response was cut off", kind="server", status=502) from None
@@ -169,7 +229,7 @@ class Upstream:
     async def read_error(self, resp: UpstreamResponse) -> bytes:
         try:
             with self.deadlines.within(self._t.first_byte):
-                return await resp.content.read(MAX_ERROR_BODY)
+                return await resp.read(MAX_ERROR_BODY)
         except READ_ERRORS:
             return b""
         finally:
@@ -178,8 +238,22 @@ class Upstream:
     async def call(self, ureq: UpstreamRequest, timeout: float) -> tuple[int, Mapping[str, str], bytes]:
         """A small unary call with a total deadline of its own (health probes, webhooks): status, headers and
         at most 64 KiB of body. UpstreamFailure (connect, timeout) when no answer came."""
-        assert self._session is not None, "Upstream.start() was not awaited"
         body = ureq.body() if callable(ureq.body) else ureq.body
+        if not ureq.proxy:  # the same client as the traffic it checks
+            try:
+                async with asyncio.timeout(timeout):
+                    resp = await self._pool.request(ureq.method, ureq.url, ureq.headers, body, min(timeout, self._t.connect))
+                    try:
+                        return resp.status, resp.headers, await resp.read(MAX_ERROR_BODY)
+                    finally:
+                        resp.close()
+            except TimeoutError:
+                raise UpstreamFailure("no answer in time", kind="timeout", status=504) from None
+            except http1.ConnectFailed:
+                raise UpstreamFailure("could not connect", kind="connect", status=502) from None
+            except (http1.HttpError, ConnectionError) as e:
+                raise UpstreamFailure(f"connection failed ({type(e).__name__})", kind="connect", status=502) from None
+        assert self._session is not None, "Upstream.start() was not awaited"
         headers, proxy, proxy_headers = self._route(ureq)
         try:
             async with asyncio.timeout(timeout):
@@ -187,8 +261,8 @@ class Upstream:
                     ureq.method, ureq.url, headers=headers, data=body, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, self._t.connect)),
                     proxy=proxy, proxy_headers=proxy_headers,
-                ) as resp:
-                    return resp.status, resp.headers, await resp.content.read(MAX_ERROR_BODY)
+                ) as proxied:
+                    return proxied.status, proxied.headers, await proxied.content.read(MAX_ERROR_BODY)
         except TimeoutError:
             raise UpstreamFailure("no answer in time", kind="timeout", status=504) from None
         except aiohttp.ClientProxyConnectionError:
@@ -207,11 +281,10 @@ class Upstream:
 
 
 class Chunks:
-    __slots__ = ("_deadline", "_idle", "_pieces", "_resp", "_stalled")
+    __slots__ = ("_deadline", "_idle", "_resp", "_stalled")
 
     def __init__(self, resp: UpstreamResponse, deadlines: Deadlines, idle: float) -> None:
         self._resp, self._idle = resp, idle
-        self._pieces = resp.content.iter_any()
         self._stalled = False
         self._deadline: Deadline = deadlines.arm(idle, self._stall)
 
@@ -224,12 +297,15 @@ class Chunks:
 
     async def __anext__(self) -> bytes:
         try:
-            piece = await self._pieces.__anext__()
+            piece = await self._resp.piece()
         except BaseException:
             self.close()
             if self._stalled:
                 raise TimeoutError("no data within the idle deadline") from None
             raise
+        if not piece:
+            self.close()
+            raise StopAsyncIteration
         self._deadline.extend(self._idle)
         return piece
 

@@ -15,13 +15,14 @@ ORDER = [
     "probes", "metrics",
     "store_api", "store_spend", "store_schema", "store_buckets", "store_channels", "store_keys", "store", "store_pg_schema",
     "store_pg_buckets", "store_pg_channels", "store_pg_keys", "store_pg", "storage", "auth", "keys", "router", "channels",
-    "channel_watch", "health_redis", "bindings", "bindings_redis", "upstream", "prober", "health_webhook",
+    "channel_watch", "health_redis", "bindings", "bindings_redis", "deadlines", "http1_response", "http1", "upstream", "prober", "health_webhook",
     "health_service", "journal", "ledger", "availability", "books", "proxy_stream", "proxy", "web_api", "web_gemini", "web_billing",
     "status_page", "status_data", "web_ops", "web_admin_guard", "web_admin", "web_admin_channels", "web_admin_health",
     "workers", "middleware", "http_server", "app", "dbcopy", "cli_table", "cli_channels", "cli",
 ]
 ONLY_IN = {
     "aiosqlite": {"store"}, "asyncpg": {"store_pg"}, "tiktoken": {"tokenizer"}, "prometheus_client": {"metrics"}, "redis": {"limits_redis", "health_redis", "bindings_redis"},
+    "httptools": {"http1_response"},
 }
 
 
