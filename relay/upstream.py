@@ -22,7 +22,8 @@ are never passed on).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Protocol
 from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
@@ -136,15 +137,9 @@ class Upstream:
             body = _pieces(body)
         if ureq.proxy:
             return await self._open_proxied(ureq, headers, body, stream)
-        try:
+        with _direct_failures("upstream sent no response in time", "could not connect to upstream", "upstream connection"):
             with self.deadlines.within(self._t.first_byte if stream else self._t.unary):
                 return await self._pool.request(ureq.method, ureq.url, headers, body, self._t.connect)
-        except TimeoutError:
-            raise UpstreamFailure("upstream sent no response in time", kind="timeout", status=504) from None
-        except http1.ConnectFailed:
-            raise UpstreamFailure("could not connect to upstream", kind="connect", status=502) from None
-        except (http1.HttpError, ConnectionError) as e:
-            raise UpstreamFailure(f"upstream connection failed ({type(e).__name__})", kind="connect", status=502) from None
 
     async def _open_proxied(
         self, ureq: UpstreamRequest, headers: Mapping[str, str], body: bytes | AsyncIterator[bytes] | None, stream: bool,
@@ -240,19 +235,13 @@ class Upstream:
         at most 64 KiB of body. UpstreamFailure (connect, timeout) when no answer came."""
         body = ureq.body() if callable(ureq.body) else ureq.body
         if not ureq.proxy:  # the same client as the traffic it checks
-            try:
+            with _direct_failures("no answer in time", "could not connect", "connection"):
                 async with asyncio.timeout(timeout):
                     resp = await self._pool.request(ureq.method, ureq.url, ureq.headers, body, min(timeout, self._t.connect))
                     try:
                         return resp.status, resp.headers, await resp.read(MAX_ERROR_BODY)
                     finally:
                         resp.close()
-            except TimeoutError:
-                raise UpstreamFailure("no answer in time", kind="timeout", status=504) from None
-            except http1.ConnectFailed:
-                raise UpstreamFailure("could not connect", kind="connect", status=502) from None
-            except (http1.HttpError, ConnectionError) as e:
-                raise UpstreamFailure(f"connection failed ({type(e).__name__})", kind="connect", status=502) from None
         assert self._session is not None, "Upstream.start() was not awaited"
         headers, proxy, proxy_headers = self._route(ureq)
         try:
@@ -313,6 +302,19 @@ class Chunks:
         """Done with the body: the deadline is disarmed and the response closed."""
         self._deadline.disarm()
         self._resp.close()
+
+
+@contextmanager
+def _direct_failures(no_answer: str, no_connection: str, connection: str) -> Iterator[None]:
+    """A direct call's failures as UpstreamFailure (their texts never name the URL)."""
+    try:
+        yield
+    except TimeoutError:
+        raise UpstreamFailure(no_answer, kind="timeout", status=504) from None
+    except http1.ConnectFailed:
+        raise UpstreamFailure(no_connection, kind="connect", status=502) from None
+    except (http1.HttpError, ConnectionError) as e:
+        raise UpstreamFailure(f"{connection} failed ({type(e).__name__})", kind="connect", status=502) from None
 
 
 def _env_proxy(url: URL) -> URL | None:
