@@ -70,13 +70,30 @@ class Store(SqliteSpend, BucketsSql, SqliteChannels, SqliteKeys):
         self.applied: tuple[int, ...] = ()
 
     async def open(self) -> None:
-        self._db = await aiosqlite.connect(self.path)
+        # Every implicit transaction takes the write lock when it begins (BEGIN IMMEDIATE): a write that
+        # reads first (the next rev) and finds another process's commit since its snapshot would otherwise
+        # fail at once ("database is locked") instead of waiting its turn. Reads outside a transaction are
+        # read whole in one call (execute_fetchall): a cursor left open across awaits would hold an old
+        # snapshot that a write of another task on this connection then cannot upgrade (SQLITE_BUSY_SNAPSHOT).
+        self._db = await aiosqlite.connect(self.path, isolation_level="IMMEDIATE")
         # the busy timeout first: switching a new file to WAL takes a lock that other processes opening
         # it at the same moment must wait for, not fail on
         await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._wal()
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._migrate()
+
+    async def _wal(self) -> None:
+        """Switch to WAL. SQLite may refuse at once, without waiting (busy_timeout), while another process
+        opening the file at the same moment holds the lock it needs: then try again, for up to 5 seconds."""
+        for attempt in range(50):
+            try:
+                await self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def _migrate(self) -> None:
         """Apply the migrations the file lacks, each recorded in PRAGMA user_version.
@@ -261,11 +278,10 @@ class Store(SqliteSpend, BucketsSql, SqliteChannels, SqliteKeys):
 
     async def leased(self, key_id: str) -> float:
         """Money of the key held by live leases (granted - spent - this is what no process holds)."""
-        async with self.db.execute(
+        rows = list(await self.db.execute_fetchall(
             "SELECT COALESCE(SUM(amount_usd), 0) FROM leases WHERE key_id = ? AND expires_at > ?", (key_id, time.time())
-        ) as cur:
-            row = await cur.fetchone()
-        return float(row[0]) if row else 0.0
+        ))
+        return float(rows[0][0]) if rows else 0.0
 
     # -- response bindings (see relay.bindings) --------------------------------------------------------
 
@@ -282,12 +298,11 @@ class Store(SqliteSpend, BucketsSql, SqliteChannels, SqliteKeys):
 
     async def response_binding(self, response_id: str) -> tuple[str, str] | None:
         """(account, key id) of a live binding, or None."""
-        async with self.db.execute(
+        rows = list(await self.db.execute_fetchall(
             "SELECT account, key_id FROM response_bindings WHERE response_id = ? AND expires_at > ?",
             (response_id, time.time()),
-        ) as cur:
-            row = await cur.fetchone()
-        return (str(row[0]), str(row[1])) if row else None
+        ))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
     async def unbind_response(self, response_id: str) -> None:
         async with self._tx:
@@ -295,8 +310,8 @@ class Store(SqliteSpend, BucketsSql, SqliteChannels, SqliteKeys):
             await self.db.commit()
 
     async def spent_by_ledger(self) -> dict[str, float]:
-        async with self.db.execute("SELECT key_id, SUM(cost_usd) FROM usage GROUP BY key_id") as cur:
-            return {k: float(v or 0) async for k, v in cur}
+        rows = await self.db.execute_fetchall("SELECT key_id, SUM(cost_usd) FROM usage GROUP BY key_id")
+        return {k: float(v or 0) for k, v in rows}
 
     async def usage_summary(
         self, key_id: str | None = None, since: float | None = None, by: Sequence[str] = ("key", "model", "day")
@@ -319,16 +334,15 @@ class Store(SqliteSpend, BucketsSql, SqliteChannels, SqliteKeys):
         if group:
             sql += f" GROUP BY {', '.join(group)} ORDER BY {', '.join(group)}"
         out = []
-        async with self.db.execute(sql, args) as cur:
-            async for row in cur:
-                n = len(by)
-                item = dict(zip(by, row[:n]))
-                requests, prompt, completion, cost, ok = row[n:]
-                item.update(
-                    requests=requests, ok=int(ok or 0), prompt_tokens=int(prompt or 0),
-                    completion_tokens=int(completion or 0), cost_usd=round(float(cost or 0), 9),
-                )
-                out.append(item)
+        for row in await self.db.execute_fetchall(sql, args):
+            n = len(by)
+            item = dict(zip(by, row[:n]))
+            requests, prompt, completion, cost, ok = row[n:]
+            item.update(
+                requests=requests, ok=int(ok or 0), prompt_tokens=int(prompt or 0),
+                completion_tokens=int(completion or 0), cost_usd=round(float(cost or 0), 9),
+            )
+            out.append(item)
         return out
 
     async def availability(self, since: float) -> list[Availability]:
@@ -342,12 +356,10 @@ class Store(SqliteSpend, BucketsSql, SqliteChannels, SqliteKeys):
                 f"SELECT {scope}, SUM(status < 400), SUM(status >= 500 OR end_reason = 'upstream_error') "
                 f"FROM usage WHERE ts >= ? AND {scope} IS NOT NULL GROUP BY {scope} ORDER BY {scope}"
             )
-            async with self.db.execute(sql, (since,)) as cur:
-                async for name, ok, failed in cur:
-                    out.append(Availability(scope, name, int(ok or 0), int(failed or 0)))
+            for name, ok, failed in await self.db.execute_fetchall(sql, (since,)):
+                out.append(Availability(scope, name, int(ok or 0), int(failed or 0)))
         return out
 
     async def count_usage(self) -> int:
-        async with self.db.execute("SELECT COUNT(*) FROM usage") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = list(await self.db.execute_fetchall("SELECT COUNT(*) FROM usage"))
+        return int(rows[0][0]) if rows else 0

@@ -49,11 +49,10 @@ class BucketsSql:
             "SELECT scope, name, (start / ?) * ? AS b, SUM(ok), SUM(failed), SUM(latency_ms_sum), SUM(latency_n) "
             "FROM availability_buckets WHERE start >= ? GROUP BY scope, name, b ORDER BY scope, name, b"
         )
-        async with self.db.execute(sql, (width, width, since)) as cur:
-            return [
-                BucketCount(scope, name, int(b), int(ok), int(failed), float(lat), int(n))
-                async for scope, name, b, ok, failed, lat, n in cur
-            ]
+        return [
+            BucketCount(scope, name, int(b), int(ok), int(failed), float(lat), int(n))
+            for scope, name, b, ok, failed, lat, n in await self.db.execute_fetchall(sql, (width, width, since))
+        ]
 
     async def bucket_totals(self, since: Sequence[int]) -> dict[tuple[str, str], list[tuple[int, int]]]:
         """(ok, failed) of each scope and name since each of `since`, in one scan."""
@@ -66,10 +65,9 @@ class BucketsSql:
         args = [t for t in since for _ in (0, 1)]
         sql = f"SELECT scope, name, {sums} FROM availability_buckets WHERE start >= ? GROUP BY scope, name"
         out: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        async with self.db.execute(sql, (*args, min(since))) as cur:
-            async for row in cur:
-                v = [int(x or 0) for x in row[2:]]
-                out[(row[0], row[1])] = [(v[i], v[i + 1]) for i in range(0, len(v), 2)]
+        for row in await self.db.execute_fetchall(sql, (*args, min(since))):
+            v = [int(x or 0) for x in row[2:]]
+            out[(row[0], row[1])] = [(v[i], v[i + 1]) for i in range(0, len(v), 2)]
         return out
 
     async def prune_buckets(self, before: int) -> int:

@@ -29,17 +29,14 @@ class SqliteChannels:
         def db(self) -> Any: ...
 
     async def channels_changed_since(self, rev: int) -> list[ChannelRow]:
-        async with self.db.execute(f"{_SELECT} WHERE rev > ? ORDER BY rev", (rev,)) as cur:
-            return [channel_from_row(r) async for r in cur]
+        return [channel_from_row(r) for r in await self.db.execute_fetchall(f"{_SELECT} WHERE rev > ? ORDER BY rev", (rev,))]
 
     async def list_channels(self) -> list[ChannelRow]:
-        async with self.db.execute(f"{_SELECT} WHERE deleted = 0 ORDER BY created_at, name") as cur:
-            return [channel_from_row(r) async for r in cur]
+        return [channel_from_row(r) for r in await self.db.execute_fetchall(f"{_SELECT} WHERE deleted = 0 ORDER BY created_at, name")]
 
     async def get_channel(self, name: str) -> ChannelRow | None:
-        async with self.db.execute(f"{_SELECT} WHERE name = ? AND deleted = 0", (name,)) as cur:
-            row = await cur.fetchone()
-        return channel_from_row(row) if row else None
+        rows = await self.db.execute_fetchall(f"{_SELECT} WHERE name = ? AND deleted = 0", (name,))
+        return channel_from_row(rows[0]) if rows else None
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
         async with self._tx:
@@ -102,8 +99,7 @@ class SqliteChannels:
         """Channels seeded from config.yaml that it no longer lists are deleted; returns their names."""
         names = list(keep)
         where = f"source = 'config' AND deleted = 0 AND name NOT IN ({', '.join('?' for _ in names)})"
-        async with self.db.execute(f"SELECT name FROM channels WHERE {where}", names) as cur:
-            gone = [r[0] async for r in cur]
+        gone = [r[0] for r in await self.db.execute_fetchall(f"SELECT name FROM channels WHERE {where}", names)]
         for name in gone:
             await self.delete_channel(name)
         return gone

@@ -68,23 +68,19 @@ class SqliteKeys:
 
     async def get_key(self, ref: str) -> KeyRecord | None:
         """By id, or by displayed prefix when exactly one key has it."""
-        async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (ref,)) as cur:
-            row = await cur.fetchone()
+        rows = list(await self.db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (ref,)))
+        row = rows[0] if rows else None
         if row is None:
-            async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys WHERE prefix = ? LIMIT 2", (ref,)) as cur:
-                rows = list(await cur.fetchall())
+            rows = list(await self.db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE prefix = ? LIMIT 2", (ref,)))
             row = rows[0] if len(rows) == 1 else None
         return key_from_row(row) if row else None
 
     async def list_keys(self) -> list[KeyRecord]:
-        async with self.db.execute(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id") as cur:
-            return [key_from_row(r) async for r in cur]
+        return [key_from_row(r) for r in await self.db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id")]
 
     async def keys_changed_since(self, rev: int) -> list[KeyRecord]:
-        async with self.db.execute(
-            f"SELECT {KEY_COLUMNS} FROM keys WHERE rev > ? ORDER BY rev", (rev,)
-        ) as cur:
-            return [key_from_row(r) async for r in cur]
+        rows = await self.db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE rev > ? ORDER BY rev", (rev,))
+        return [key_from_row(r) for r in rows]
 
     async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
         """Change admin fields; unknown fields are a programming error."""

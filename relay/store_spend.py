@@ -26,9 +26,8 @@ class SqliteSpend:
     async def spent_between(self: _HasDb, key_id: str, since: float, until: float) -> float:
         """USD the key spent on requests that arrived in [since, until) (unix seconds)."""
         sql = "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE key_id = ? AND ts >= ? AND ts < ?"
-        async with self.db.execute(sql, (key_id, since, until)) as cur:
-            row = await cur.fetchone()
-        return float(row[0]) if row else 0.0
+        rows = await self.db.execute_fetchall(sql, (key_id, since, until))
+        return float(rows[0][0]) if rows else 0.0
 
 
 class PgSpend:

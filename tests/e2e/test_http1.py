@@ -131,7 +131,10 @@ async def test_an_idle_connection_the_server_closed_is_not_used(aiohttp_server) 
         resp = await pool.request("GET", str(server.make_url("/")), {}, None, 5)
         assert await resp.read() == b"ok"
         resp.close()
-        await asyncio.sleep(0.2)  # the server has closed the keep-alive connection by now
+        (idle,) = pool._idle[next(iter(pool._idle))]  # noqa: SLF001 - the connection kept for the next call
+        async with asyncio.timeout(5):
+            while idle.transport is not None:  # until the server's close arrived (its timer may run late)
+                await asyncio.sleep(0.02)
     pool.close()
 
 

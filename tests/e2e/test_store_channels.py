@@ -63,3 +63,14 @@ async def test_concurrent_writers_from_two_stores_get_distinct_ordered_revs(open
     await asyncio.gather(*(s.create_channel(api_row(f"c{i}")) for i, s in enumerate([one, two] * 5)))
     revs = [c.rev for c in await one.channels_changed_since(0)]
     assert len(revs) == 10 and revs == sorted(set(revs))
+
+
+async def test_writes_and_reads_of_two_stores_interleaving_never_fail(open_store) -> None:
+    """Two processes' stores writing while each also reads (a write then a read of what it wrote, as the
+    admin API does): no "database is locked", however the calls interleave on one connection."""
+    one, two = await open_store(), await open_store()
+    for n in range(8):
+        rows = await asyncio.gather(*(s.create_channel(api_row(f"r{n}-{i}")) for i, s in enumerate([one, two] * 5)),
+                                    *(s.list_channels() for s in (one, two)), *(s.channels_changed_since(0) for s in (one, two)))
+        assert all(r is not None for r in rows[:10])
+    assert len(await one.list_channels()) == 80
