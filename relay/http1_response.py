@@ -229,6 +229,11 @@ class Connection(asyncio.Protocol):
 
     # -- httptools ----------------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        r = self.resp
+        if r is not None and r.done:  # a second answer to one request: the connection is not to be trusted
+            r.keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw.append((name, value))
 
@@ -238,19 +243,19 @@ class Connection(asyncio.Protocol):
         if status < 200:  # 100 Continue and the like: the response follows
             self._interim = True
             return
-        if self.resp is not None:
+        if self.resp is not None and not self.resp.done:
             headers: CIMultiDict[str] = CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in raw)
             self.resp._head(status, headers, self._parser.should_keep_alive())  # noqa: SLF001
 
     def on_body(self, body: bytes) -> None:
-        if self.resp is not None:
+        if self.resp is not None and not self.resp.done:
             self.resp._feed(body)  # noqa: SLF001
 
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
             return
-        if self.resp is not None:
+        if self.resp is not None and not self.resp.done:
             self.resp._finish()  # noqa: SLF001
 
     # -- the pool's side ----------------------------------------------------------------------------------

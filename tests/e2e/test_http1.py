@@ -252,3 +252,14 @@ async def test_the_relay_streams_from_an_https_upstream(aiohttp_server, certific
     rows = await wait_ledger(relay.database, 2)
     assert [r["status"] for r in rows] == [200, 200] and all(r["completion_tokens"] > 0 for r in rows)
     await client.close()
+
+
+async def test_a_connection_that_answered_twice_is_not_reused() -> None:
+    server, url = await _raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+    async with server:
+        pool = Pool()
+        resp = await pool.request("GET", url, {}, None, 5)
+        assert await resp.read() == b"ok"
+        resp.close()
+        assert not pool._idle.get(next(iter(pool._idle), None), [])  # noqa: SLF001 - nothing kept to reuse
+        pool.close()
