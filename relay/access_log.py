@@ -8,8 +8,8 @@ writes the line when the handler is done, for every request, relayed or refused.
 A line is on the path of every request, so it is cheap: formatted once into one string, timestamp included
 (formatted once a second, `LineFormatter`), and written by the one handler `relay serve` sets up, under its
 lock, as it would write the record: the same bytes without logging's record, filters and formatting per
-line. The lines of one turn of the event loop go out in one write when the turn ends (under load, many
-requests end in one turn: one system call for all of them, not one each). When logging is set up
+line. Lines are gathered for at most 50 ms and go out in one write (one system call for all of them, not one
+each); the app's cleanup writes what is left, so a stop loses none (a kill -9, at most those 50 ms). When logging is set up
 otherwise (more handlers, filters: a test's log capture), the line goes through logging as a ready record
 instead.
 """
@@ -38,6 +38,7 @@ class AccessNote:
 ACCESS = web.RequestKey("access", AccessNote)
 
 _NAME = "relay.access"
+_GATHER_SECONDS = 0.05
 log = logging.getLogger(_NAME)
 _FILE = __file__
 
@@ -47,7 +48,7 @@ class AccessLog:
 
     def __init__(self, fmt: str) -> None:
         self.format = fmt  # text | json | off
-        self._pending: list[str] = []  # lines of this turn of the loop, written when it ends
+        self._pending: list[str] = []  # lines of the last few milliseconds, written together
         self._handler: logging.StreamHandler | None = None  # type: ignore[type-arg]
         if fmt != "off":
             log.setLevel(logging.INFO)  # whatever log_level says: the access log has its own switch
@@ -77,11 +78,11 @@ class AccessLog:
             text = "%s INFO relay.access: %s\n" % (handler.formatter.stamp(time.time()), line)  # type: ignore[union-attr]
             if not self._pending:
                 try:
-                    asyncio.get_running_loop().call_soon(self._write)
+                    asyncio.get_running_loop().call_later(_GATHER_SECONDS, self.flush)
                 except RuntimeError:  # no loop (a caller outside the server): at once
                     self._handler = handler
                     self._pending.append(text)
-                    self._write()
+                    self.flush()
                     return
             self._handler = handler
             self._pending.append(text)
@@ -89,7 +90,8 @@ class AccessLog:
         # the record log.info would make, less its caller lookup (a walk up the stack: no format shows it)
         log.handle(log.makeRecord(_NAME, logging.INFO, _FILE, 0, line, (), None))
 
-    def _write(self) -> None:
+    def flush(self) -> None:
+        """Write the lines gathered so far."""
         handler, text = self._handler, "".join(self._pending)
         self._pending.clear()
         if handler is None or not text:

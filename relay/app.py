@@ -124,7 +124,8 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
     )
 
     budget = web_input.BodyBudget(cfg.server.max_inflight_body_bytes)
-    middleware = errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics, AccessLog(cfg.access_log), budget)
+    access = AccessLog(cfg.access_log)
+    middleware = errors_middleware(ClientAddress(cfg.server.trusted_proxies), metrics, access, budget)
     app = web.Application(
         middlewares=[middleware],
         client_max_size=cfg.server.max_body_bytes,
@@ -182,6 +183,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
             await limiter.close()
         await upstream.close()
         await store.close()
+        access.flush()  # the last requests' lines
 
     async def drain(app: web.Application) -> None:
         ops.draining = True

@@ -63,3 +63,44 @@ async def test_json_lines_and_off(relay_factory: RelayFactory, caplog: pytest.Lo
         assert entry["key"] == CLIENT_KEY[:7] and entry["end"] == "ok" and entry["latency_ms"] > 0
         assert set(entry) == {"ts", "request_id", "key", "client", "method", "path", "model", "status", "end",
                               "latency_ms", "ttft_ms"}
+
+
+async def test_relay_serve_writes_every_line_before_it_stops(tmp_path) -> None:
+    """`relay serve` as run in production (its own log handler, lines gathered and written together): every
+    request's line is in the log within a moment, and the lines of the last requests before SIGTERM too."""
+    import asyncio
+    import signal
+
+    import yaml
+
+    from tests.procs import Processes
+
+    procs = Processes(tmp_path)
+    try:
+        upstream = await procs.fake_upstream()
+        config = tmp_path / "relay.yaml"
+        config.write_text(yaml.safe_dump({
+            "database": str(tmp_path / "relay.db"),
+            "client_keys": [{"name": "t", "key": CLIENT_KEY}],
+            "channels": [{"name": "f", "type": "openai", "base_url": upstream, "keys": ["a"], "models": ["demo"]}],
+            "prices": {"demo": {"input": 1, "output": 1}},
+            "log_level": "warning",
+        }))
+        proc, url = await procs.relay(config)
+        auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
+        body = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}]}
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.post(url + "/v1/chat/completions", json=body, headers=auth) as resp:
+                    assert resp.status == 200
+            await asyncio.sleep(0.3)
+            assert procs.log().count("POST /v1/chat/completions model=demo status=200") == 3, procs.log()
+            for _ in range(2):
+                async with http.post(url + "/v1/chat/completions", json=body, headers=auth) as resp:
+                    assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)  # at once: the last two lines are still gathered
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        log = procs.log()
+        assert log.count("POST /v1/chat/completions model=demo status=200") == 5 and PROMPT not in log, log
+    finally:
+        procs.stop_all()
