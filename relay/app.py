@@ -110,7 +110,7 @@ def build_app(cfg: Config, workers: int = 1, holder: str | None = None) -> web.A
         cfg, router, upstream, ledger, metrics, Pricing(cfg.prices, cfg.billing, cfg.reasoning), balances, limiter,
         bindings, availability,
     )
-    metrics.sticky_routing(lambda: (router.sticky_hits, router.sticky_misses))
+    metrics.sticky_routing(lambda: (router.sticky.hits, router.sticky.misses))
 
     def reloaded() -> None:  # the channels changed: the metrics' model labels follow
         metrics.models = frozenset(router.models())

@@ -22,10 +22,8 @@ into or out of `out` is handed to every callable in `on_transition` (log, metric
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
@@ -34,6 +32,7 @@ from .endpoints import ENDPOINTS, Endpoint, mode_for
 from .errors import UpstreamFailure
 from .health import ACTIVE, OUT, RESTING, LocalState, SharedState, Transition, account_id, quota_failure
 from .limits import Decision, Limiter, Limits, LocalLimiter
+from .sticky import StickyBindings
 from .types import Target
 
 __all__ = ["Account", "Router"]
@@ -79,10 +78,6 @@ class _Tier:
     cursor: int = 0
 
 
-# Sticky bindings kept (least recently used dropped first): one entry is about 200 bytes.
-_STICKY_MAX = 100_000
-
-
 def _ready(acc: Account, now: float, exclude: set[Account] | frozenset[Account], endpoint: str | None) -> bool:
     return not (
         acc.disabled or acc.manual_off or acc.cooldown_until > now or acc.budget_until > now or acc in exclude
@@ -119,9 +114,7 @@ class Router:
         self.error_keywords: tuple[bytes, ...] = ()  # lower case; an error body holding one: kind "quota"
         self.on_transition: list[Callable[[Transition], None]] = []
         self.accounts: list[Account] = []
-        self.sticky_ttl = sticky_ttl
-        self._sticky: OrderedDict[str, tuple[Account, float]] = OrderedDict()
-        self.sticky_hits = self.sticky_misses = 0
+        self.sticky: StickyBindings[Account] = StickyBindings(sticky_ttl)
         self._tiers: dict[str, list[_Tier]] = {}
         self._by_uid: dict[str, Account] = {}
         self.generation = 0  # bumped by each reload: what derives from the channels (model lists) is rebuilt
@@ -159,11 +152,8 @@ class Router:
             for model, tiers in by_model.items()
         }
         by_uid = {a.uid: a for a in accounts}
-        kept = set(by_uid.values())
         self._tiers, self.accounts, self._by_uid = tiers_by_model, accounts, by_uid
-        for value, (acc, _) in list(self._sticky.items()):
-            if acc not in kept:
-                del self._sticky[value]
+        self.sticky.keep_only(set(by_uid.values()))
         self.generation += 1
 
     def models(self) -> list[str]:
@@ -191,7 +181,7 @@ class Router:
 
         With `sticky` (a prompt-cache key, user id ... with the client key and model), requests with the same
         value keep to one account of the top tier while it stays healthy and is used at least every
-        `sticky_ttl` seconds: upstream prompt caches are per account. Its budget is not taken here.
+        `sticky_ttl` seconds (relay/sticky.py). Its budget is not taken here.
         """
         now = self._clock()
         name = endpoint.name if endpoint is not None else None
@@ -212,24 +202,13 @@ class Router:
     def _sticky_pick(
         self, model: str, exclude: set[Account] | frozenset[Account], name: str | None, sticky: str, now: float,
     ) -> Account | None:
-        bound = self._sticky.get(sticky)
-        if bound is not None and bound[1] > now and _ready(bound[0], now, exclude, name):
-            self.sticky_hits += 1
-            self._sticky[sticky] = (bound[0], now + self.sticky_ttl)
-            self._sticky.move_to_end(sticky)
-            return bound[0]
+        bound = self.sticky.get(sticky, now, lambda a: _ready(a, now, exclude, name))
+        if bound is not None:
+            return bound
         for tier in self._tiers.get(model, ()):
             ready = list({id(a): a for a in tier.seq if _ready(a, now, exclude, name)}.values())
-            if not ready:
-                continue
-            # Rendezvous hashing: every process binds the same value to the same account without talking.
-            acc = max(ready, key=lambda a: hashlib.blake2b(f"{sticky}\0{a.uid}".encode(), digest_size=8).digest())
-            self.sticky_misses += 1
-            self._sticky[sticky] = (acc, now + self.sticky_ttl)
-            self._sticky.move_to_end(sticky)
-            while len(self._sticky) > _STICKY_MAX:
-                self._sticky.popitem(last=False)
-            return acc
+            if ready:
+                return self.sticky.bind(sticky, ready, now)
         return None
 
     def pinned(self, uid: str) -> tuple[Account | None, str]:

@@ -14,7 +14,7 @@ ORDER = [
     "sse", "tokenizer", "tokens", "tokens_messages", "usage", "billing", "balances", "limits", "limits_redis", "health", "adapters",
     "probes", "metrics",
     "store_api", "store_spend", "store_schema", "store_buckets", "store_channels", "store_keys", "store", "store_pg_schema",
-    "store_pg_buckets", "store_pg_channels", "store_pg_keys", "store_pg", "storage", "auth", "keys", "router", "channels",
+    "store_pg_buckets", "store_pg_channels", "store_pg_keys", "store_pg", "storage", "auth", "keys", "sticky", "router", "channels",
     "channel_watch", "health_redis", "bindings", "bindings_redis", "deadlines", "http1_response", "http1", "upstream", "prober", "health_webhook",
     "health_service", "journal", "ledger", "availability", "books", "proxy_stream", "proxy", "web_api", "web_gemini", "web_billing",
     "status_page", "status_data", "web_ops", "web_admin_guard", "web_admin", "web_admin_channels", "web_admin_health",

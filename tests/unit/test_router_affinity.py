@@ -49,7 +49,7 @@ def test_the_same_sticky_value_keeps_one_account() -> None:
     r = Router([channel("a", 3)], RetryConfig(), clock=Clock())
     got = Counter(r.pick("m", sticky="key\0m\0session-1").label for _ in range(100))  # type: ignore[union-attr]
     assert len(got) == 1 and sum(got.values()) == 100
-    assert r.sticky_misses == 1 and r.sticky_hits == 99
+    assert r.sticky.misses == 1 and r.sticky.hits == 99
 
 
 def test_different_sticky_values_spread_and_processes_agree() -> None:
@@ -81,10 +81,10 @@ def test_a_binding_expires_after_its_ttl_without_use() -> None:
     r.pick("m", sticky=v)
     clock.now += 599
     r.pick("m", sticky=v)
-    assert r.sticky_hits == 1
+    assert r.sticky.hits == 1
     clock.now += 601
     r.pick("m", sticky=v)
-    assert r.sticky_misses == 2  # bound afresh (to the same account: the hash still chooses it)
+    assert r.sticky.misses == 2  # bound afresh (to the same account: the hash still chooses it)
 
 
 def test_sticky_values_stay_in_the_top_tier() -> None:
