@@ -8,10 +8,10 @@ writes the line when the handler is done, for every request, relayed or refused.
 A line is on the path of every request, so it is cheap: formatted once into one string, timestamp included
 (formatted once a second, `LineFormatter`), and written by the one handler `relay serve` sets up, under its
 lock, as it would write the record: the same bytes without logging's record, filters and formatting per
-line. Lines are gathered for at most 50 ms and go out in one write (one system call for all of them, not one
-each); the app's cleanup writes what is left, so a stop loses none (a kill -9, at most those 50 ms). When logging is set up
-otherwise (more handlers, filters: a test's log capture), the line goes through logging as a ready record
-instead.
+line. Lines are gathered for at most 50 ms and go out in one write (one system call for all of them, not
+one each); the app's cleanup writes what is left, so a stop loses none (a kill -9, at most those 50 ms).
+When logging is set up otherwise (more handlers, filters: a test's log capture), the line goes through
+logging as a ready record instead.
 """
 
 from __future__ import annotations
@@ -76,16 +76,13 @@ class AccessLog:
         handler = _only_handler()
         if handler is not None:  # logging as the relay sets it up: the line the handler would write, written
             text = "%s INFO relay.access: %s\n" % (handler.formatter.stamp(time.time()), line)  # type: ignore[union-attr]
-            if not self._pending:
+            self._handler = handler
+            self._pending.append(text)
+            if len(self._pending) == 1:  # the first of a batch: its write is due in 50 ms
                 try:
                     asyncio.get_running_loop().call_later(_GATHER_SECONDS, self.flush)
                 except RuntimeError:  # no loop (a caller outside the server): at once
-                    self._handler = handler
-                    self._pending.append(text)
                     self.flush()
-                    return
-            self._handler = handler
-            self._pending.append(text)
             return
         # the record log.info would make, less its caller lookup (a walk up the stack: no format shows it)
         log.handle(log.makeRecord(_NAME, logging.INFO, _FILE, 0, line, (), None))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -93,8 +93,6 @@ class Response:
                 self._pieces.append(tail)
         self.done = True
         self._wake()
-        if self.closed:
-            self._conn.give_back(self)
 
     def _fail(self, error: HttpError) -> None:
         if self.done or self._error is not None:
@@ -149,13 +147,6 @@ class Response:
             size += len(data)
         body = b"".join(parts)
         return body if limit is None else body[:limit]
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iter()
-
-    async def _iter(self) -> AsyncIterator[bytes]:
-        while data := await self.piece():
-            yield data
 
     def close(self) -> None:
         """Done with the response: its connection goes back to the pool if the body arrived whole, else it

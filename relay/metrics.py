@@ -16,7 +16,6 @@ from prometheus_client.registry import Collector
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_STATUS_CLASS = tuple(f"{n}xx" for n in range(6))
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _LE = (*(repr(float(b)) for b in _LATENCY_BUCKETS), "+Inf")  # as Prometheus clients write `le`: 1.0, 2.5
 
@@ -228,7 +227,7 @@ class Metrics:
         if model not in self.models:
             model = "other"
         f = self._figures
-        labels = (model, channel or "none", _STATUS_CLASS[status // 100] if status < 600 else f"{status // 100}xx")
+        labels = (model, channel or "none", f"{status // 100}xx")
         f.requests[labels] = f.requests.get(labels, 0) + 1
         m = f.models.get(model)
         if m is None:

@@ -18,7 +18,7 @@ from .metrics import Metrics
 from .router import Account, Router
 from .sse import EventTooLarge
 from .types import RelayRequest
-from .upstream import READ_ERRORS, Upstream, UpstreamResponse
+from .upstream import READ_ERRORS, Chunks, Upstream, UpstreamResponse
 
 __all__ = ["SSE_HEADERS", "StreamReplies"]
 
@@ -86,12 +86,11 @@ class StreamReplies:
             chunks.close()
 
     async def _pump(
-        self, chunks: object, handler: StreamHandler, out: web.StreamResponse, trace: Trace, dialect: str
+        self, chunks: Chunks, handler: StreamHandler, out: web.StreamResponse, trace: Trace, dialect: str
     ) -> None:
-        it = chunks.__aiter__()  # type: ignore[attr-defined]
         while True:
             try:
-                chunk = await it.__anext__()
+                chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 break
             except READ_ERRORS as e:

@@ -1,4 +1,5 @@
-"""The only user of aiohttp's client: one pooled session, the timeouts, and failure classification.
+"""Upstream calls: the HTTP/1.1 pool, aiohttp's client (its only user here), the timeouts, and failure
+classification.
 
 Direct calls (requests, health probes, webhooks) go through relay/http1.py (keep-alive connections, a third
 of aiohttp's client CPU per call); calls through a channel's egress proxy through aiohttp's client. Both
@@ -36,7 +37,7 @@ from .deadlines import Deadline, Deadlines
 from .errors import UpstreamFailure
 from .types import UpstreamRequest
 
-__all__ = ["READ_ERRORS", "Upstream", "UpstreamResponse"]
+__all__ = ["READ_ERRORS", "Chunks", "Upstream", "UpstreamResponse"]
 
 
 class UpstreamResponse(Protocol):
@@ -146,22 +147,12 @@ class Upstream:
     ) -> UpstreamResponse:
         assert self._session is not None, "Upstream.start() was not awaited"
         headers, proxy, proxy_headers = self._route(ureq, headers)
-        try:
+        with _proxied_failures("upstream sent no response in time", "could not connect to upstream", "upstream connection"):
             with self.deadlines.within(self._t.first_byte if stream else self._t.unary):
                 resp = await self._session.request(
                     ureq.method, ureq.url, headers=headers, data=body,
                     timeout=self._connect, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers,
                 )
-        except TimeoutError:
-            raise UpstreamFailure("upstream sent no response in time", kind="timeout", status=504) from None
-        except aiohttp.ClientProxyConnectionError:
-            raise _proxy_failure("could not connect to the channel's proxy") from None
-        except aiohttp.ClientHttpProxyError as e:
-            raise _proxy_failure(f"the channel's proxy refused the connection (HTTP {e.status})") from None
-        except aiohttp.ClientConnectorError:
-            raise UpstreamFailure("could not connect to upstream", kind="connect", status=502) from None
-        except (aiohttp.ClientError, ConnectionError) as e:
-            raise UpstreamFailure(f"upstream connection failed ({type(e).__name__})", kind="connect", status=502) from None
         if resp.status == 407 and proxy is not None:  # an http upstream's request, refused by the proxy itself
             resp.close()
             raise _proxy_failure("the channel's proxy refused the connection (HTTP 407)")
@@ -244,7 +235,7 @@ class Upstream:
                         resp.close()
         assert self._session is not None, "Upstream.start() was not awaited"
         headers, proxy, proxy_headers = self._route(ureq)
-        try:
+        with _proxied_failures("no answer in time", "could not connect", "connection"):
             async with asyncio.timeout(timeout):
                 async with self._session.request(
                     ureq.method, ureq.url, headers=headers, data=body, allow_redirects=False,
@@ -252,16 +243,6 @@ class Upstream:
                     proxy=proxy, proxy_headers=proxy_headers,
                 ) as proxied:
                     return proxied.status, proxied.headers, await proxied.content.read(MAX_ERROR_BODY)
-        except TimeoutError:
-            raise UpstreamFailure("no answer in time", kind="timeout", status=504) from None
-        except aiohttp.ClientProxyConnectionError:
-            raise _proxy_failure("could not connect to the channel's proxy") from None
-        except aiohttp.ClientHttpProxyError as e:
-            raise _proxy_failure(f"the channel's proxy refused the connection (HTTP {e.status})") from None
-        except aiohttp.ClientConnectorError:
-            raise UpstreamFailure("could not connect", kind="connect", status=502) from None
-        except (aiohttp.ClientError, ConnectionError) as e:
-            raise UpstreamFailure(f"connection failed ({type(e).__name__})", kind="connect", status=502) from None
 
     def chunks(self, resp: UpstreamResponse) -> Chunks:
         """The body as it arrives, each piece within `idle` of the last (past it the response is closed and
@@ -314,6 +295,24 @@ def _direct_failures(no_answer: str, no_connection: str, connection: str) -> Ite
     except http1.ConnectFailed:
         raise UpstreamFailure(no_connection, kind="connect", status=502) from None
     except (http1.HttpError, ConnectionError) as e:
+        raise UpstreamFailure(f"{connection} failed ({type(e).__name__})", kind="connect", status=502) from None
+
+
+@contextmanager
+def _proxied_failures(no_answer: str, no_connection: str, connection: str) -> Iterator[None]:
+    """A call through aiohttp's client (an egress proxy): its failures as UpstreamFailure. aiohttp's own
+    exception texts name the proxy URL they were given, so none is passed on."""
+    try:
+        yield
+    except TimeoutError:
+        raise UpstreamFailure(no_answer, kind="timeout", status=504) from None
+    except aiohttp.ClientProxyConnectionError:
+        raise _proxy_failure("could not connect to the channel's proxy") from None
+    except aiohttp.ClientHttpProxyError as e:
+        raise _proxy_failure(f"the channel's proxy refused the connection (HTTP {e.status})") from None
+    except aiohttp.ClientConnectorError:
+        raise UpstreamFailure(no_connection, kind="connect", status=502) from None
+    except (aiohttp.ClientError, ConnectionError) as e:
         raise UpstreamFailure(f"{connection} failed ({type(e).__name__})", kind="connect", status=502) from None
 
 
